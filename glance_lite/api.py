@@ -1,0 +1,260 @@
+"""Public API: `load()` a model once with its Slow/Fast LoRAs, then `.generate()` as often as you like.
+
+One `generate()` call, end to end:
+  inputs validated -> phase plan (schedule.py) -> text_encode stage (manager.py: encode all prompts, evict the
+  text encoder) -> denoise stage (sampler.py: slow phase with the slow adapter, fast phase with the fast
+  adapter, same transformer) -> vae_decode stage -> images.
+Everything that can be checked without weights (prompt, size, schedule, LoRA files against the
+architecture built on the meta device) is checked before anything heavy is loaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .lora import LoraCompat, LoraReport, LoraSource, check_lora_fits, load_lora, read_lora_file
+from .manager import ComponentManager
+from .memory import StageRecord
+from .models import ModelSource, component_class, resolve_model
+from .sampler import sample
+from .schedule import SCHEDULE_MODES, PhasePlan, PhaseSplit, base_plan, glance_plan
+
+DEFAULT_MODEL = "tiny/qwen-image"
+OUTPUT_TYPES = ("pil", "np", "latent")
+SIZE_MULTIPLE = 16
+
+
+@dataclass
+class GenerationResult:
+    """Images (or latents) plus what a user or benchmark wants to know about how they were made."""
+
+    images: list
+    latents: list[torch.Tensor]
+    plan: PhasePlan
+    stages: list[StageRecord] = field(default_factory=list)
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    switch_seconds: dict[str, float] = field(default_factory=dict)
+    lora_reports: list[LoraReport] = field(default_factory=list)
+
+    @property
+    def image(self):
+        return self.images[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "schedule": self.plan.to_dict(),
+            "stage_seconds": {r.stage: r.seconds for r in self.stages},
+            "phase_seconds": self.phase_seconds,
+            "adapter_switch_seconds": self.switch_seconds,
+            "peak_memory_bytes": {r.stage: r.peak_bytes for r in self.stages},
+            "loras": [r.to_dict() for r in self.lora_reports],
+        }
+
+
+# ---- input validation (cheap, before any weights) -----------------------------------------------
+def _prompts(prompt: str | Sequence[str]) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("No prompt given: pass a non-empty string or a non-empty list of strings.")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str) or not p.strip():
+            where = "The prompt" if len(prompts) == 1 else f"Prompt #{i}"
+            raise ValueError(f"{where} is empty: describe the image you want, e.g. 'a red cube on a table'.")
+    return prompts
+
+
+def check_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> None:
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive integer number of pixels, got {value!r}.")
+        if value % multiple:
+            lower, upper = value // multiple * multiple, (value // multiple + 1) * multiple
+            raise ValueError(
+                f"{name}={value} is not a multiple of {multiple}: the model packs 2x2 latent patches. "
+                f"Use {lower or upper} or {upper}."
+            )
+
+
+def _condition_image(image):
+    from PIL import Image
+
+    if image is None:
+        raise ValueError("This is an image-editing model: pass the input image (image=path or PIL image, --image PATH).")
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    path = Path(image)
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"Cannot read the input image {path}: {exc}. Pass a PNG/JPEG/WEBP file.") from None
+
+
+def _meta_transformer(source: ModelSource):
+    """The transformer's architecture without weights, for checking LoRA files before loading gigabytes."""
+    from accelerate import init_empty_weights
+
+    cls = component_class(source, "transformer")
+    with init_empty_weights():
+        return cls.from_config(cls.load_config(source.location, subfolder="transformer"))
+
+
+def _lora_source(lora, weight_name: str | None) -> LoraSource | None:
+    if lora is None or isinstance(lora, LoraSource):
+        return lora
+    return LoraSource(str(lora), weight_name)
+
+
+class Glance:
+    """A loaded model: one transformer with its 'slow' and 'fast' adapters, reused by every `generate()`."""
+
+    def __init__(self, source: ModelSource, profile, loras: dict[str, LoraSource], lora_compat: LoraCompat, split: PhaseSplit):
+        self.source = source
+        self.family = source.family
+        self.profile = profile
+        self.loras = loras
+        self.lora_compat = lora_compat
+        self.split = split
+        self.lora_reports: list[LoraReport] = []
+        self.manager = ComponentManager(source, profile)
+        self.manager.on_load("transformer", self._attach_adapters)
+
+    def _attach_adapters(self, transformer) -> None:
+        self.lora_reports = [
+            load_lora(transformer, self.family, src, name, self.lora_compat) for name, src in self.loras.items()
+        ]
+
+    @property
+    def device(self) -> torch.device:
+        return self.manager.device
+
+    def plan(self, height: int, width: int, mode: str = "consistent", split: PhaseSplit | None = None, base_steps: int | None = None) -> PhasePlan:
+        """The steps a `generate()` with these arguments will take (no model work)."""
+        seq_len = self.family.seq_len(self.manager.pipe, height, width)
+        config = self.manager.pipe.scheduler.config
+        if base_steps is not None:
+            return base_plan(config, seq_len, base_steps)
+        if mode not in SCHEDULE_MODES:
+            raise ValueError(f"Unknown schedule mode {mode!r}: choose one of {', '.join(SCHEDULE_MODES)}.")
+        return glance_plan(config, seq_len, split or self.split, mode)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        *,
+        negative_prompt: str = " ",
+        height: int = 1024,
+        width: int = 1024,
+        seed: int = 0,
+        true_cfg_scale: float | None = None,
+        mode: str = "consistent",
+        split: PhaseSplit | None = None,
+        base_steps: int | None = None,
+        output_type: str = "pil",
+        image=None,
+        progress: bool = True,
+    ) -> GenerationResult:
+        """Generate one image per prompt (prompt i uses seed + i). `base_steps=N` runs the plain base model.
+
+        `mode` is "consistent" (the latent follows the schedule, lands on the clean image) or "reference"
+        (reproduces the official Glance sampler). `image` is the input image for Qwen-Image-Edit models.
+        """
+        prompts = _prompts(prompt)
+        check_size(height, width, max(SIZE_MULTIPLE, self.family.vae_scale_factor(self.manager.pipe) * 2))
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
+        condition = _condition_image(image) if self.family.needs_condition_image else None
+        scale = self.family.default_true_cfg_scale if true_cfg_scale is None else float(true_cfg_scale)
+        plan = self.plan(height, width, mode, split, base_steps)
+        adapters = {phase: (phase if phase in self.loras else None) for phase in plan.phases}
+
+        manager, family, device = self.manager, self.family, self.device
+        manager.image_size = (height, width)
+        first_record = len(manager.tracker.records)
+        with manager.stage("text_encode", manager.text_components()) as pipe:
+            conds = [_to(family.encode_prompt(pipe, p, device, condition), device) for p in prompts]
+            uncond = _to(family.encode_prompt(pipe, negative_prompt, device, condition), device) if scale > 1 else None
+
+        denoise_components = ("transformer", "vae") if family.needs_condition_image else ("transformer",)
+        latents, phase_seconds, switch_seconds = [], {}, {}
+        with manager.stage("denoise", denoise_components) as pipe:
+            for i, cond in enumerate(conds):
+                generator = torch.Generator("cpu").manual_seed(seed + i)
+                state = family.prepare_latents(pipe, height, width, generator, cond["prompt_embeds"].dtype, device, condition)
+                run = sample(
+                    pipe.transformer, family, plan, state, cond, uncond, scale, adapters,
+                    batch_cfg=bool(getattr(self.profile, "batch_cfg", False)), progress=progress,
+                )  # fmt: skip
+                latents.append(run.latents)
+                for phase, seconds in run.phase_seconds.items():
+                    phase_seconds[phase] = phase_seconds.get(phase, 0.0) + seconds
+                switch_seconds = run.switch_seconds
+
+        images = []
+        if output_type != "latent":
+            with manager.stage("vae_decode", ("vae",)) as pipe:
+                for lat in latents:
+                    images.extend(family.decode(pipe, lat, height, width, output_type=output_type))
+        return GenerationResult(
+            images, latents, plan, manager.tracker.records[first_record:], phase_seconds, switch_seconds, self.lora_reports
+        )
+
+
+def _to(cond: dict, device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in cond.items()}
+
+
+def load(
+    model: str = DEFAULT_MODEL,
+    slow_lora=None,
+    fast_lora=None,
+    *,
+    slow_weight_name: str | None = None,
+    fast_weight_name: str | None = None,
+    profile="auto",
+    lora_compat: LoraCompat = "trained",
+    use_official_loras: bool = True,
+    split: PhaseSplit | None = None,
+    height: int = 1024,
+    width: int = 1024,
+) -> Glance:
+    """Resolve and check everything, then return a `Glance` whose `.generate()` reuses the loaded model.
+
+    LoRAs: a local .safetensors file, a folder, or a hub repo id with `*_weight_name`. For the official base
+    models with published Glance LoRAs (Qwen/Qwen-Image -> CSU-JPG/Glance) those are used unless you pass your
+    own or `use_official_loras=False`. With no LoRAs the Glance schedule runs on the plain base model.
+    """
+    from .profiles import resolve_profile
+
+    source = resolve_model(model)
+    family = source.family
+    split = split or family.default_split
+    split.validate()
+    resolved_profile = resolve_profile(profile, model=model, height=height, width=width)
+    loras = {"slow": _lora_source(slow_lora, slow_weight_name), "fast": _lora_source(fast_lora, fast_weight_name)}
+    if not any(loras.values()) and use_official_loras and source.is_official_base and family.official_loras:
+        repo, slow_file, fast_file = family.official_loras
+        loras = {"slow": LoraSource(repo, slow_file), "fast": LoraSource(repo, fast_file)}
+    loras = {name: src for name, src in loras.items() if src is not None}
+    if loras:
+        meta = _meta_transformer(source)
+        for src in loras.values():
+            check_lora_fits(read_lora_file(src.resolve())[0], meta, family, str(src))
+    return Glance(source, resolved_profile, loras, lora_compat, split)
+
+
+def generate(prompt: str | Sequence[str], model: str = DEFAULT_MODEL, slow_lora=None, fast_lora=None, *, profile="auto", lora_compat: LoraCompat = "trained", **generate_kwargs) -> GenerationResult:
+    """One-shot: `load(...)` then `.generate(prompt, ...)`. Use `load()` directly to generate many times."""
+    _prompts(prompt)
+    check_size(generate_kwargs.get("height", 1024), generate_kwargs.get("width", 1024))
+    load_kwargs = {k: generate_kwargs.pop(k) for k in ("slow_weight_name", "fast_weight_name", "use_official_loras", "split") if k in generate_kwargs}
+    glance = load(
+        model, slow_lora, fast_lora, profile=profile, lora_compat=lora_compat,
+        height=generate_kwargs.get("height", 1024), width=generate_kwargs.get("width", 1024), **load_kwargs,
+    )  # fmt: skip
+    return glance.generate(prompt, **generate_kwargs)

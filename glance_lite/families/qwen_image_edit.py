@@ -1,0 +1,86 @@
+"""Qwen-Image-Edit: Qwen-Image plus an input image that conditions both the text encoder and the transformer.
+
+Differences from Qwen-Image, and nothing else: the prompt is encoded together with the input image (a
+vision-language prompt), the input image's VAE latents are appended to the noisy tokens at every step, and
+the output keeps only the noisy tokens. The stock pipeline conditions at a ~1024x1024 area whatever the
+output size; `condition_area` makes that choice explicit (tests use a small area to stay fast).
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
+
+from .base import Conditioning, LatentState
+from .qwen_image import QwenImageFamily
+
+STOCK_CONDITION_AREA = 1024 * 1024
+
+
+class QwenImageEditFamily(QwenImageFamily):
+    name = "qwen-image-edit"
+    pipeline_class_name = "QwenImageEditPipeline"
+    official_loras = None
+    official_base_models = ("Qwen/Qwen-Image-Edit",)
+    needs_condition_image = True
+
+    def __init__(self, condition_area: int = STOCK_CONDITION_AREA):
+        self.condition_area = condition_area
+
+    def extra_load_kwargs(self, path: str, **hub_kwargs) -> dict:
+        from ..processors import load_qwen2vl_processor
+
+        return {"processor": load_qwen2vl_processor(path, **hub_kwargs)}
+
+    def condition_size(self, image) -> tuple[int, int]:
+        """(width, height) the input image is resized to, as the stock pipeline computes it."""
+        width, height, _ = calculate_dimensions(self.condition_area, image.size[0] / image.size[1])
+        return width, height
+
+    def _resized(self, pipe, image):
+        width, height = self.condition_size(image)
+        return pipe.image_processor.resize(image, height, width), width, height
+
+    def encode_prompt(self, pipe, prompt: str, device, image=None) -> Conditioning:
+        if image is None:
+            raise ValueError("Qwen-Image-Edit needs an input image: pass image=<PIL image or path>.")
+        resized, _, _ = self._resized(pipe, image)
+        embeds, mask = pipe.encode_prompt(image=resized, prompt=prompt, device=device)
+        cond = {"prompt_embeds": embeds}
+        if mask is not None:
+            cond["prompt_embeds_mask"] = mask
+        return cond
+
+    def _img_shapes(self, pipe, height, width, batch, cond_height=None, cond_width=None):
+        scale = self.vae_scale_factor(pipe) * 2
+        return [[(1, height // scale, width // scale), (1, cond_height // scale, cond_width // scale)]] * batch
+
+    def prepare_latents(self, pipe, height, width, generator, dtype, device, image=None) -> LatentState:
+        if image is None:
+            raise ValueError("Qwen-Image-Edit needs an input image: pass image=<PIL image or path>.")
+        resized, cond_w, cond_h = self._resized(pipe, image)
+        pixels = pipe.image_processor.preprocess(resized, cond_h, cond_w).unsqueeze(2)
+        channels = pipe.transformer.config.in_channels // 4
+        latents, image_latents = pipe.prepare_latents(pixels, 1, channels, height, width, dtype, device, generator)
+        shapes = self._img_shapes(pipe, height, width, 1, cond_h, cond_w)
+        return LatentState(latents, height, width, {"img_shapes": shapes, "image_latents": image_latents})
+
+    def training_state(self, pipe, latents, height, width, condition=None) -> LatentState:
+        """condition: packed control-image latents [B, tokens, C] and their pixel size (height, width)."""
+        image_latents, (cond_h, cond_w) = condition
+        shapes = self._img_shapes(pipe, height, width, latents.shape[0], cond_h, cond_w)
+        return LatentState(latents, height, width, {"img_shapes": shapes, "image_latents": image_latents})
+
+    def velocity(self, transformer, state: LatentState, latents, timestep, cond: Conditioning) -> torch.Tensor:
+        model_input = torch.cat([latents, state.extra["image_latents"]], dim=1)
+        out = transformer(
+            hidden_states=model_input,
+            timestep=timestep,
+            guidance=None,
+            encoder_hidden_states_mask=cond.get("prompt_embeds_mask"),
+            encoder_hidden_states=cond["prompt_embeds"],
+            img_shapes=state.extra["img_shapes"],
+            attention_kwargs={},
+            return_dict=False,
+        )[0]
+        return out[:, : latents.size(1)]

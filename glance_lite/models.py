@@ -1,0 +1,88 @@
+"""Model ids -> something `from_pretrained` can open, and the family that knows how to drive it.
+
+Three kinds of id take the same loading path: an embedded tiny model (`tiny/qwen-image`, built offline once
+into a cache folder), a local folder saved with `save_pretrained`, or a hub id such as `Qwen/Qwen-Image`
+(from the local Hugging Face cache or a download). Resolution reads only `model_index.json`, so a wrong id
+fails in milliseconds, before any weights are touched.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .families import ModelFamily, family_for_pipeline_class
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model: what the user asked for, where it loads from, and its family."""
+
+    model_id: str
+    location: str  # local folder or hub id, passed to from_pretrained
+    pipeline_class_name: str
+    components: dict[str, tuple[str, str]]  # name -> (library, class name), from model_index.json
+
+    @property
+    def family(self) -> ModelFamily:
+        return family_for_pipeline_class(self.pipeline_class_name)
+
+    @property
+    def is_official_base(self) -> bool:
+        return self.model_id in self.family.official_base_models
+
+
+def _read_model_index(model_id: str) -> tuple[str, dict]:
+    from .tiny import is_tiny_model_id, tiny_model_path
+
+    if is_tiny_model_id(model_id):
+        folder = tiny_model_path(model_id)
+        return str(folder), json.loads((folder / "model_index.json").read_text())
+    folder = Path(model_id).expanduser()
+    if folder.is_dir():
+        index = folder / "model_index.json"
+        if not index.is_file():
+            raise FileNotFoundError(
+                f"{folder} is not a diffusers pipeline folder (no model_index.json). Save one with "
+                "`pipeline.save_pretrained(folder)` or download a full model repo."
+            )
+        return str(folder), json.loads(index.read_text())
+    if model_id.startswith(("tiny/", "pocket/")):
+        from .tiny import TINY_MODEL_IDS
+
+        raise ValueError(f"Unknown embedded model {model_id!r}. Embedded models: {', '.join(TINY_MODEL_IDS)}.")
+    return model_id, _hub_model_index(model_id)
+
+
+def _hub_model_index(model_id: str) -> dict:
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return json.loads(Path(hf_hub_download(model_id, "model_index.json")).read_text())
+    except Exception as exc:  # offline, unknown repo, gated repo: the user must act in every case
+        raise ValueError(
+            f"Cannot open model {model_id!r}: it is not a local folder, not an embedded model (tiny/qwen-image, "
+            f"tiny/flux, tiny/qwen-image-edit), and the hub could not provide it ({type(exc).__name__}). "
+            "If this machine is offline, download the model elsewhere (`hf download <id> --local-dir DIR`) and "
+            "pass the folder; check the spelling of the id otherwise."
+        ) from None
+
+
+def resolve_model(model_id: str) -> ModelSource:
+    """Find the model's pipeline class and components without loading any weights."""
+    if not model_id or not str(model_id).strip():
+        raise ValueError("No model given: pass a hub id (Qwen/Qwen-Image), a local folder, or tiny/qwen-image.")
+    location, index = _read_model_index(str(model_id))
+    components = {k: tuple(v) for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]}
+    source = ModelSource(str(model_id), location, index["_class_name"], components)
+    source.family  # unsupported pipeline classes fail here, before loading
+    return source
+
+
+def component_class(source: ModelSource, name: str):
+    """The class `model_index.json` declares for a component (e.g. transformers.Qwen2_5_VLForConditionalGeneration)."""
+    import importlib
+
+    library, class_name = source.components[name]
+    return getattr(importlib.import_module(library), class_name)

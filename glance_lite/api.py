@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import logging
+
 import torch
 
 from .lora import LoraCompat, LoraReport, LoraSource, check_lora_fits, load_lora, read_lora_file
@@ -23,6 +25,7 @@ from .models import ModelSource, component_class, resolve_model
 from .sampler import sample
 from .schedule import SCHEDULE_MODES, PhasePlan, PhaseSplit, base_plan, glance_plan
 
+logger = logging.getLogger("glance_lite")
 DEFAULT_MODEL = "tiny/qwen-image"
 OUTPUT_TYPES = ("pil", "np", "latent")
 SIZE_MULTIPLE = 16
@@ -101,6 +104,19 @@ def _meta_transformer(source: ModelSource):
     cls = component_class(source, "transformer")
     with init_empty_weights():
         return cls.from_config(cls.load_config(source.location, subfolder="transformer"))
+
+
+def resolve_profile(profile, model: str, height: int, width: int):
+    """A Profile from a Profile, a built-in name, a YAML path, or "auto" (the planner picks; it says why)."""
+    from .profiles import Profile, load_profile, select_profile
+
+    if isinstance(profile, Profile):
+        return profile
+    if profile in (None, "auto"):
+        chosen, why = select_profile(model, height, width)
+        logger.info("profile auto -> %s: %s", chosen.name, why)
+        return chosen
+    return load_profile(profile)
 
 
 def _lora_source(lora, weight_name: str | None) -> LoraSource | None:
@@ -222,20 +238,24 @@ def load(
     split: PhaseSplit | None = None,
     height: int = 1024,
     width: int = 1024,
+    condition_area: int | None = None,
 ) -> Glance:
     """Resolve and check everything, then return a `Glance` whose `.generate()` reuses the loaded model.
 
     LoRAs: a local .safetensors file, a folder, or a hub repo id with `*_weight_name`. For the official base
     models with published Glance LoRAs (Qwen/Qwen-Image -> CSU-JPG/Glance) those are used unless you pass your
     own or `use_official_loras=False`. With no LoRAs the Glance schedule runs on the plain base model.
+    `condition_area` (edit models): pixel area the input image is resized to (stock: 1024*1024).
     """
-    from .profiles import resolve_profile
-
     source = resolve_model(model)
     family = source.family
+    if condition_area is not None:
+        if not family.needs_condition_image:
+            raise ValueError(f"condition_area applies to image-editing models; {model} is a {family.name} model.")
+        family.condition_area = int(condition_area)
     split = split or family.default_split
     split.validate()
-    resolved_profile = resolve_profile(profile, model=model, height=height, width=width)
+    resolved_profile = resolve_profile(profile, model, height, width)
     loras = {"slow": _lora_source(slow_lora, slow_weight_name), "fast": _lora_source(fast_lora, fast_weight_name)}
     if not any(loras.values()) and use_official_loras and source.is_official_base and family.official_loras:
         repo, slow_file, fast_file = family.official_loras
@@ -252,7 +272,7 @@ def generate(prompt: str | Sequence[str], model: str = DEFAULT_MODEL, slow_lora=
     """One-shot: `load(...)` then `.generate(prompt, ...)`. Use `load()` directly to generate many times."""
     _prompts(prompt)
     check_size(generate_kwargs.get("height", 1024), generate_kwargs.get("width", 1024))
-    load_kwargs = {k: generate_kwargs.pop(k) for k in ("slow_weight_name", "fast_weight_name", "use_official_loras", "split") if k in generate_kwargs}
+    load_kwargs = {k: generate_kwargs.pop(k) for k in ("slow_weight_name", "fast_weight_name", "use_official_loras", "split", "condition_area") if k in generate_kwargs}
     glance = load(
         model, slow_lora, fast_lora, profile=profile, lora_compat=lora_compat,
         height=generate_kwargs.get("height", 1024), width=generate_kwargs.get("width", 1024), **load_kwargs,

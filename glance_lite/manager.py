@@ -26,7 +26,7 @@ import torch
 from .memory import MemoryTracker
 from .models import ModelSource, component_class
 
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")
+TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")  # FLUX has two; profiles call both "text_encoder"
 HEAVY_COMPONENTS = TEXT_COMPONENTS + ("transformer",)
 # Manager stage -> the planner's name for its most demanding part.
 PLAN_STAGE = {"denoise": "slow_phase"}
@@ -35,11 +35,6 @@ _QUANTO_WEIGHTS = {"quanto-qfloat8": "float8", "quanto-qint8": "int8", "quanto-q
 
 class StageOutOfMemoryError(RuntimeError):
     """A CUDA OOM translated into what to do about it."""
-
-
-def policy_key(component: str) -> str:
-    """Profiles speak of text_encoder / transformer / vae; FLUX's second text encoder follows the first."""
-    return "text_encoder" if component in TEXT_COMPONENTS else component
 
 
 def _torch_dtype(name: str) -> torch.dtype:
@@ -95,7 +90,8 @@ class ComponentManager:
         self.source = source
         self.family = source.family
         self.profile = profile
-        self.device = torch.device(profile.device)
+        gpu = profile.component("transformer").gpu
+        self.device = torch.device("cuda", gpu) if profile.device == "cuda" else torch.device(profile.device)
         self.tracker = tracker or MemoryTracker(self.device, interval=None)
         self.load_counts: dict[str, int] = {}
         self.image_size = (1024, 1024)  # (height, width) of the current run, for OOM messages
@@ -116,7 +112,7 @@ class ComponentManager:
         return pipe
 
     def policy(self, component: str):
-        return self.profile.components[policy_key(component)]
+        return self.profile.component(component)
 
     def on_load(self, component: str, callback: Callable) -> None:
         """Run `callback(module)` right after a component is loaded, before it is placed (e.g. add adapters)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from .families import ModelFamily, family_for_pipeline_class
@@ -24,8 +25,9 @@ class ModelSource:
     pipeline_class_name: str
     components: dict[str, tuple[str, str]]  # name -> (library, class name), from model_index.json
 
-    @property
+    @cached_property
     def family(self) -> ModelFamily:
+        """One family instance per source, shared by the manager, sampler and trainer."""
         return family_for_pipeline_class(self.pipeline_class_name)
 
     @property

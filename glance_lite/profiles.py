@@ -1,0 +1,485 @@
+"""Hardware profiles: what to load, at which precision, and where, for one kind of machine.
+
+A profile is plain data (`Profile`, frozen dataclasses) read from a YAML file: `profiles/<name>.yaml` for the
+built-in ones, or any file a user writes. The manager carries a profile out; the planner (`glance_lite.plan`)
+predicts what it costs. Keeping the policy as data means a new card is a new YAML file, not new code.
+
+Loading is strict: an unknown key, a value outside its choices, a wrong type or a missing key is an error that
+names the file and the dotted field (``components.transformer.placement``), with a suggestion for typos, so a
+mistyped profile fails in milliseconds instead of after gigabytes have been loaded with a silently ignored key.
+
+`select_profile` (``--profile auto``) ranks the built-in profiles by speed and returns the fastest one whose
+memory plan fits the detected hardware, with a sentence saying why.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.resources
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+# ---- vocabularies (the manager and the planner understand exactly these) ---------------------------------------
+QUANTIZATIONS = ("none", "bnb-nf4", "bnb-int8", "quanto-qfloat8", "quanto-qint8", "quanto-qint4")
+PLACEMENTS = ("resident", "evict_after_use", "model_offload", "group_offload", "sharded", "cpu")
+DTYPES = ("bfloat16", "float16", "float32")
+DEVICES = ("cuda", "cpu")
+ATTENTION_BACKENDS = ("sdpa", "xformers")
+OPTIMIZERS = ("adamw8bit", "adamw")
+MIXED_PRECISIONS = ("bf16", "fp16", "no")
+COMPONENT_ROLES = ("text_encoder", "transformer", "vae")
+# Components a pipeline may have beyond the three roles, and the role whose policy they follow.
+ROLE_ALIASES = {"text_encoder_2": "text_encoder"}
+# bfloat16 arithmetic needs Ampere (sm_80) or newer; a V100 is sm_70.
+BF16_MIN_COMPUTE_CAPABILITY = 8.0
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class ComponentPolicy:
+    """How one component is held: its dtype, quantization and placement (see `PLACEMENTS`).
+
+    `blocks_per_group` / `use_stream` only mean something for `group_offload`, `tiling` only for the VAE, and
+    `gpu` picks the GPU a non-sharded component runs on (multi-GPU profiles put the text encoder beside the
+    transformer's shards).
+    """
+
+    dtype: str
+    quantization: str = "none"
+    placement: str = "resident"
+    blocks_per_group: int | None = None
+    use_stream: bool = False
+    tiling: bool = False
+    gpu: int = 0
+
+
+@dataclass(frozen=True)
+class TrainingPolicy:
+    """How a training run holds the transformer: frozen base precision, block offload, optimizer."""
+
+    gradient_checkpointing: bool
+    optimizer: str
+    base_quantization: str
+    block_offload: bool
+    mixed_precision: str
+    blocks_per_group: int | None = None
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the frozen base weights and activations are kept in during training."""
+        return {"bf16": "bfloat16", "fp16": "float16", "no": "float32"}[self.mixed_precision]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One machine class. `components` maps "text_encoder" / "transformer" / "vae" to their policies."""
+
+    name: str
+    description: str
+    gpu_memory_gb: float | None
+    num_gpus: int
+    min_compute_capability: float | None
+    system_ram_gb: float
+    device: str
+    compute_dtype: str
+    components: Mapping[str, ComponentPolicy]
+    training: TrainingPolicy
+    attention: str = "sdpa"
+    batch_cfg: bool = True
+    source: str = field(default="", compare=False)
+
+    def component(self, name: str) -> ComponentPolicy:
+        """The policy for a pipeline component; FLUX's `text_encoder_2` follows `text_encoder`."""
+        return self.components[ROLE_ALIASES.get(name, name)]
+
+    @property
+    def gpu_memory_bytes(self) -> int | None:
+        return None if self.gpu_memory_gb is None else int(self.gpu_memory_gb * 2**30)
+
+    @property
+    def system_ram_bytes(self) -> int:
+        return int(self.system_ram_gb * 2**30)
+
+    def to_dict(self) -> dict:
+        """The profile as the YAML mapping it came from (defaults filled in)."""
+        data = asdict(self)
+        data["components"] = {role: _policy_dict(policy) for role, policy in self.components.items()}
+        data["training"] = {k: v for k, v in asdict(self.training).items() if v is not None}
+        data.pop("source")
+        return data
+
+
+def _policy_dict(policy: ComponentPolicy) -> dict:
+    data = asdict(policy)
+    if policy.placement != "group_offload":
+        data.pop("blocks_per_group")
+        data.pop("use_stream")
+    return data
+
+
+# ---- schema ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Field:
+    """One YAML key: accepted Python types, allowed values, and whether it must be present."""
+
+    types: tuple[type, ...]
+    choices: tuple | None = None
+    required: bool = True
+    nullable: bool = False
+    minimum: float | None = None
+
+    def type_name(self) -> str:
+        names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
+        text = " or ".join(dict.fromkeys(names[t] for t in self.types))
+        return text + (" or null" if self.nullable else "")
+
+
+_NUMBER = (int, float)
+_TOP_FIELDS = {
+    "name": _Field((str,)),
+    "description": _Field((str,)),
+    "gpu_memory_gb": _Field(_NUMBER, nullable=True, minimum=0.5),
+    "num_gpus": _Field((int,), minimum=0),
+    "min_compute_capability": _Field(_NUMBER, nullable=True, minimum=1.0),
+    "system_ram_gb": _Field(_NUMBER, minimum=0.5),
+    "device": _Field((str,), DEVICES),
+    "compute_dtype": _Field((str,), DTYPES),
+    "attention": _Field((str,), ATTENTION_BACKENDS, required=False),
+    "batch_cfg": _Field((bool,), required=False),
+    "components": _Field((dict,)),
+    "training": _Field((dict,)),
+}
+_COMPONENT_FIELDS = {
+    "dtype": _Field((str,), DTYPES),
+    "quantization": _Field((str,), QUANTIZATIONS),
+    "placement": _Field((str,), PLACEMENTS),
+    "blocks_per_group": _Field((int,), required=False, minimum=1),
+    "use_stream": _Field((bool,), required=False),
+    "tiling": _Field((bool,), required=False),
+    "gpu": _Field((int,), required=False, minimum=0),
+}
+_TRAINING_FIELDS = {
+    "gradient_checkpointing": _Field((bool,)),
+    "optimizer": _Field((str,), OPTIMIZERS),
+    "base_quantization": _Field((str,), QUANTIZATIONS),
+    "block_offload": _Field((bool,)),
+    "mixed_precision": _Field((str,), MIXED_PRECISIONS),
+    "blocks_per_group": _Field((int,), required=False, minimum=1),
+}
+
+
+def _check_mapping(data: Any, fields: dict[str, _Field], prefix: str) -> list[str]:
+    """Unknown keys (with a did-you-mean), missing required keys, wrong types and values outside their choices."""
+    errors = []
+    for key in data:
+        if key not in fields:
+            guess = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known keys: {', '.join(fields)})"
+            errors.append(f"unknown key '{prefix}{key}'{hint}")
+    for key, spec in fields.items():
+        if key not in data:
+            if spec.required:
+                errors.append(f"missing required key '{prefix}{key}'")
+            continue
+        errors += _check_value(data[key], spec, prefix + key)
+    return errors
+
+
+def _check_value(value: Any, spec: _Field, path: str) -> list[str]:
+    if value is None:
+        return [] if spec.nullable else [f"{path} is null but must be {spec.type_name()}"]
+    # YAML `true` is a Python bool, which is also an int: numbers must not accept it.
+    if isinstance(value, bool) != (bool in spec.types) or not isinstance(value, spec.types):
+        return [f"{path} = {value!r} has the wrong type: expected {spec.type_name()}"]
+    if spec.choices is not None and value not in spec.choices:
+        return [f"{path} = {value!r} is not one of {', '.join(spec.choices)}"]
+    if spec.minimum is not None and value < spec.minimum:
+        return [f"{path} = {value!r} must be at least {spec.minimum:g}"]
+    return []
+
+
+def _uses_bf16(data: dict) -> bool:
+    dtypes = [data.get("compute_dtype")] + [c.get("dtype") for c in data["components"].values() if isinstance(c, dict)]
+    return "bfloat16" in dtypes or data["training"].get("mixed_precision") == "bf16"
+
+
+def _check_consistency(data: dict) -> list[str]:
+    """Rules across fields: what the manager could not carry out, said before anything is loaded."""
+    errors = []
+    components, training = data["components"], data["training"]
+    on_cpu = data["device"] == "cpu"
+    num_gpus = data["num_gpus"]
+    for role in COMPONENT_ROLES:
+        if role not in components:
+            errors.append(f"missing required key 'components.{role}'")
+    for role, policy in components.items():
+        if role not in COMPONENT_ROLES:
+            continue
+        path = f"components.{role}"
+        placement = policy["placement"]
+        if placement == "group_offload" and "blocks_per_group" not in policy:
+            errors.append(f"{path}.blocks_per_group is required when placement is group_offload")
+        for key in ("blocks_per_group", "use_stream"):
+            if placement != "group_offload" and key in policy:
+                errors.append(f"{path}.{key} only applies to placement group_offload (placement is {placement})")
+        if "tiling" in policy and role != "vae":
+            errors.append(f"{path}.tiling only applies to the vae")
+        if placement == "sharded" and role != "transformer":
+            errors.append(f"{path}.placement = 'sharded' only applies to the transformer")
+        if placement == "sharded" and num_gpus < 2:
+            errors.append(f"{path}.placement = 'sharded' needs num_gpus >= 2 (num_gpus is {num_gpus})")
+        if on_cpu and placement != "cpu":
+            errors.append(f"{path}.placement = {placement!r} is not possible on device cpu: use cpu")
+        if not on_cpu and policy.get("gpu", 0) >= max(num_gpus, 1):
+            errors.append(f"{path}.gpu = {policy['gpu']} but the profile has num_gpus = {num_gpus}")
+        if on_cpu and policy["quantization"].startswith("bnb-"):
+            errors.append(f"{path}.quantization = {policy['quantization']!r} needs a CUDA GPU (bitsandbytes loading)")
+    if training["block_offload"] and "blocks_per_group" not in training:
+        errors.append("training.blocks_per_group is required when training.block_offload is true")
+    if not training["block_offload"] and "blocks_per_group" in training:
+        errors.append("training.blocks_per_group only applies when training.block_offload is true")
+    if on_cpu:
+        if data["gpu_memory_gb"] is not None:
+            errors.append("gpu_memory_gb must be null for device cpu")
+        if num_gpus != 0:
+            errors.append(f"num_gpus = {num_gpus} but device cpu uses no GPU: set num_gpus: 0")
+        if training["base_quantization"].startswith("bnb-"):
+            errors.append("training.base_quantization with bitsandbytes needs a CUDA GPU")
+    else:
+        if data["gpu_memory_gb"] is None:
+            errors.append("gpu_memory_gb is required for device cuda (the card size this profile is for)")
+        if num_gpus < 1:
+            errors.append("num_gpus must be at least 1 for device cuda")
+        cc = data["min_compute_capability"]
+        if cc is None:
+            errors.append("min_compute_capability is required for device cuda")
+        elif _uses_bf16(data) and cc < BF16_MIN_COMPUTE_CAPABILITY:
+            errors.append(
+                f"bfloat16 needs compute capability >= {BF16_MIN_COMPUTE_CAPABILITY} but min_compute_capability is "
+                f"{cc:g}: use float16 / fp16 (e.g. V100, sm_70) or raise min_compute_capability"
+            )
+    return errors
+
+
+def parse_profile(data: Any, source: str = "<profile>") -> Profile:
+    """Validate a YAML mapping and build the `Profile`; every problem is reported at once, each naming its field."""
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile must be a YAML mapping, got {type(data).__name__}")
+    errors = _check_mapping(data, _TOP_FIELDS, "")
+    components = data.get("components")
+    if isinstance(components, dict):
+        for role, policy in components.items():
+            if role not in COMPONENT_ROLES:
+                guess = difflib.get_close_matches(str(role), COMPONENT_ROLES, n=1)
+                hint = f" (did you mean '{guess[0]}'?)" if guess else f" (known: {', '.join(COMPONENT_ROLES)})"
+                errors.append(f"unknown key 'components.{role}'{hint}")
+            elif not isinstance(policy, dict):
+                errors.append(f"components.{role} = {policy!r} has the wrong type: expected a mapping")
+            else:
+                errors += _check_mapping(policy, _COMPONENT_FIELDS, f"components.{role}.")
+    if isinstance(data.get("training"), dict):
+        errors += _check_mapping(data["training"], _TRAINING_FIELDS, "training.")
+    if not errors:
+        errors = _check_consistency(data)
+    if errors:
+        raise ProfileError("\n".join(f"{source}: {e}" for e in errors))
+    return _build(data, source)
+
+
+def _build(data: dict, source: str) -> Profile:
+    components = MappingProxyType({role: ComponentPolicy(**data["components"][role]) for role in COMPONENT_ROLES})
+    return Profile(
+        name=data["name"],
+        description=data["description"],
+        gpu_memory_gb=None if data["gpu_memory_gb"] is None else float(data["gpu_memory_gb"]),
+        num_gpus=data["num_gpus"],
+        min_compute_capability=None if data["min_compute_capability"] is None else float(data["min_compute_capability"]),
+        system_ram_gb=float(data["system_ram_gb"]),
+        device=data["device"],
+        compute_dtype=data["compute_dtype"],
+        components=components,
+        training=TrainingPolicy(**data["training"]),
+        attention=data.get("attention", "sdpa"),
+        batch_cfg=data.get("batch_cfg", True),
+        source=source,
+    )
+
+
+# ---- finding and loading ------------------------------------------------------------------------------------------
+def _builtin_files() -> dict[str, Any]:
+    """name -> readable file for every built-in profile.
+
+    An installed package carries them as `glance_lite.profile_files` (setup.py maps the repo folder `profiles/`
+    there); a source checkout has them in `<repo>/profiles/`.
+    """
+    try:
+        root = importlib.resources.files("glance_lite.profile_files")
+        files = {p.name[: -len(".yaml")]: p for p in root.iterdir() if p.name.endswith(".yaml")}
+        if files:
+            return files
+    except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
+        pass
+    folder = Path(__file__).resolve().parent.parent / "profiles"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def list_profiles() -> list[str]:
+    """Built-in profile names, biggest machine first (cpu last)."""
+    profiles = [load_profile(name) for name in _builtin_files()]
+    profiles.sort(key=lambda p: (p.device == "cpu", -(p.gpu_memory_gb or 0) * max(p.num_gpus, 1), p.name))
+    return [p.name for p in profiles]
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text or Path(text).is_file()
+
+
+def load_profile(name_or_path: str | Path | Profile) -> Profile:
+    """A built-in profile by name (`4090`, `12gb`, ...) or a user's YAML file by path; validated strictly."""
+    if isinstance(name_or_path, Profile):
+        return name_or_path
+    text = str(name_or_path)
+    builtin = _builtin_files()
+    if text in builtin:
+        return _load_file(builtin[text], f"profiles/{text}.yaml")
+    if isinstance(name_or_path, Path) or _looks_like_path(text):
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ProfileError(f"Profile file {text} does not exist.")
+        return _load_file(path, text)
+    guess = difflib.get_close_matches(text, builtin, n=1)
+    hint = f" Did you mean '{guess[0]}'?" if guess else ""
+    raise ProfileError(
+        f"Unknown profile {text!r}.{hint} Built-in profiles: {', '.join(sorted(builtin))}. "
+        "A path to a YAML file also works (e.g. --profile ./my-card.yaml; copy a built-in one to start)."
+    )
+
+
+def _load_file(file, source: str) -> Profile:
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{source}: not valid YAML: {exc}") from None
+    return parse_profile(data, source)
+
+
+# ---- auto selection -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Hardware:
+    """What the machine offers: one entry per GPU (in torch device order), plus system RAM."""
+
+    gpu_names: tuple[str, ...] = ()
+    gpu_total_bytes: tuple[int, ...] = ()
+    gpu_free_bytes: tuple[int, ...] = ()
+    compute_capabilities: tuple[float, ...] = ()
+    system_ram_bytes: int = 0
+
+    @property
+    def num_gpus(self) -> int:
+        return len(self.gpu_names)
+
+    @classmethod
+    def detect(cls) -> "Hardware":
+        """Read torch.cuda and psutil; on a machine without a usable GPU the GPU tuples are empty."""
+        import psutil
+        import torch
+
+        ram = int(psutil.virtual_memory().available)
+        if not torch.cuda.is_available():
+            return cls(system_ram_bytes=ram)
+        names, totals, frees, ccs = [], [], [], []
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            free, total = torch.cuda.mem_get_info(index)
+            names.append(props.name)
+            totals.append(int(total))
+            frees.append(int(free))
+            ccs.append(props.major + props.minor / 10)
+        return cls(tuple(names), tuple(totals), tuple(frees), tuple(ccs), ram)
+
+    def describe(self) -> str:
+        if not self.gpu_names:
+            return f"no CUDA GPU, {self.system_ram_bytes / 2**30:.0f} GiB RAM available"
+        gpus = ", ".join(
+            f"{name} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free, sm_{cc * 10:.0f})"
+            for name, total, free, cc in zip(
+                self.gpu_names, self.gpu_total_bytes, self.gpu_free_bytes, self.compute_capabilities
+            )
+        )
+        return f"{gpus}; {self.system_ram_bytes / 2**30:.0f} GiB RAM available"
+
+
+def _compatible(profile: Profile, hardware: Hardware) -> str | None:
+    """Why a profile cannot run on this hardware at all (GPU count, compute capability), or None."""
+    if profile.device == "cpu":
+        return None
+    if hardware.num_gpus < profile.num_gpus:
+        return f"needs {profile.num_gpus} GPUs"
+    ccs = hardware.compute_capabilities[: profile.num_gpus]
+    if profile.min_compute_capability is not None and min(ccs) < profile.min_compute_capability:
+        return f"needs compute capability {profile.min_compute_capability:g} (this GPU is {min(ccs):g})"
+    return None
+
+
+def select_profile(
+    model: str = "Qwen/Qwen-Image", height: int = 1024, width: int = 1024, hardware: Hardware | None = None
+) -> tuple[Profile, str]:
+    """The fastest built-in profile whose memory plan fits this machine, and a sentence saying why.
+
+    Candidates are the GPU profiles when a GPU is present (the cpu profile otherwise) that the GPUs can run
+    (count, compute capability). Each is planned for `model` at `height` x `width` against the detected free VRAM
+    (per GPU) and available RAM; among those that fit, the one moving the fewest weight bytes per image wins
+    (streamed + reloaded bytes), then the one losing the fewest bytes to quantization, then the one made for the
+    biggest card. If none fits, the leanest compatible profile is returned and the sentence says it will not fit.
+    """
+    from .plan import plan as make_plan
+
+    hardware = hardware or Hardware.detect()
+    profiles = [load_profile(name) for name in list_profiles()]
+    if hardware.num_gpus == 0:
+        cpu = next(p for p in profiles if p.device == "cpu")
+        return cpu, f"No CUDA GPU found ({hardware.describe()}): using '{cpu.name}' ({cpu.description})."
+    candidates, rejected = [], []
+    for profile in (p for p in profiles if p.device == "cuda"):
+        reason = _compatible(profile, hardware)
+        if reason:
+            rejected.append(f"{profile.name}: {reason}")
+            continue
+        used = max(profile.num_gpus, 1) if profile.num_gpus < 2 else hardware.num_gpus
+        free_gb = min(hardware.gpu_free_bytes[:used]) / 2**30
+        mp = make_plan(
+            model, profile, height, width,
+            gpu_memory_gb=free_gb, system_ram_gb=hardware.system_ram_bytes / 2**30, num_gpus=used,
+        )  # fmt: skip
+        candidates.append((profile, mp))
+    fitting = [(p, mp) for p, mp in candidates if mp.fits]
+    if fitting:
+        profile, mp = min(fitting, key=lambda c: (c[1].traffic_bytes_per_image, c[1].quantization_loss_bytes,
+                                                  -(c[0].gpu_memory_gb or 0), c[0].name))  # fmt: skip
+        others = len(fitting) - 1
+        return profile, (
+            f"Picked '{profile.name}' ({profile.description}) for {hardware.describe()}: its plan for {model} at "
+            f"{width}x{height} peaks at {mp.peak_gpu_bytes / 2**30:.1f} GiB per GPU and "
+            f"{mp.peak_ram_bytes / 2**30:.1f} GiB RAM, and it moves the fewest weight bytes per image"
+            + (f" of the {others + 1} profiles that fit." if others else ", the only profile that fits.")
+        )
+    if not candidates:
+        cpu = next(p for p in profiles if p.device == "cpu")
+        return cpu, (
+            f"No GPU profile can run on {hardware.describe()} ({'; '.join(rejected)}): using '{cpu.name}', "
+            "which is only practical for tiny models."
+        )
+    profile, mp = min(candidates, key=lambda c: c[1].peak_gpu_bytes)
+    return profile, (
+        f"No profile fits {hardware.describe()} for {model} at {width}x{height}. The leanest, '{profile.name}', "
+        f"needs {mp.peak_gpu_bytes / 2**30:.1f} GiB per GPU and {mp.peak_ram_bytes / 2**30:.1f} GiB RAM: "
+        f"{mp.verdict()}"
+    )

@@ -1,0 +1,340 @@
+"""Tiny offline stand-ins for Qwen-Image, FLUX.1-dev and Qwen-Image-Edit.
+
+Tests, CI and CPU demos need the real code paths (the same diffusers and transformers classes, prompt templates,
+latent packing and LoRA target names) without tens of gigabytes of weights or a network. Each tiny pipeline keeps
+the real model's configuration with its size knobs turned down (2-layer transformers, 32-wide text encoders,
+16-channel VAEs that still downsample 8x), takes random weights from a fixed seed, is saved once under the cache
+directory and is then loaded like any downloaded pipeline:
+
+    QwenImagePipeline.from_pretrained(tiny_model_path("tiny/qwen-image"))
+
+The Qwen tokenizer is shipped in `assets/qwen_tokenizer/`: all 256 byte-level symbols plus merges that make every
+word of the pipelines' prompt templates a single token, so the template prefixes encode to 34 (Qwen-Image) and 64
+(Qwen-Image-Edit) tokens as with the real tokenizer, and the pipelines drop exactly the template. The merges were
+learned once by a plain BPE loop over the template words (ties broken alphabetically) and shipped as files, so no
+run depends on a training step (`tokenizers`' BPE trainer is not deterministic across processes). CLIP and T5 get
+character-level vocabularies built here; they need no particular token counts.
+
+Changing anything a tiny model is built from (the sizes here, the seeds, the tokenizer files, `configs/*`) changes
+its weights: bump VERSION so that cached folders are rebuilt.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoencoderKLQwenImage,
+    DiffusionPipeline,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    FlowMatchEulerDiscreteScheduler,
+    QwenImageEditPipeline,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+)
+from tokenizers import pre_tokenizers
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Tokenizer,
+    Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
+
+from .processors import build_qwen2vl_processor
+
+TINY_MODEL_IDS = ("tiny/qwen-image", "tiny/flux", "tiny/qwen-image-edit")
+
+# Cached folders are keyed by it (see the module docstring).
+VERSION = 1
+# One seed per component, so resizing one component leaves the others' weights unchanged.
+_SEEDS = {"vae": 1, "text_encoder": 2, "transformer": 3, "text_encoder_2": 4}
+
+_PACKAGE = Path(__file__).parent
+_CONFIGS = _PACKAGE / "configs"
+_QWEN_TOKENIZER = _PACKAGE / "assets" / "qwen_tokenizer"
+
+# Shared tiny sizes: transformer attention is 2 heads x 16, RoPE axes (frame, height, width) sum to the head dim.
+_HEADS, _HEAD_DIM, _ROPE_AXES = 2, 16, (4, 6, 6)
+_TEXT_WIDTH = 32
+_CLIP_MAX_LENGTH = 77
+
+
+def is_tiny_model_id(model_id: str) -> bool:
+    """True for the ids in TINY_MODEL_IDS (a misspelt `tiny/...` id is not one: `tiny_model_path` says so)."""
+    return model_id in TINY_MODEL_IDS
+
+
+def tiny_model_path(model_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Folder holding the saved tiny pipeline `model_id`, building it on first use.
+
+    The folder is `<cache_dir>/tiny/<name>-v<VERSION>/`; `cache_dir` defaults to `$GLANCE_LITE_HOME` or
+    `~/.cache/glance_lite`. It is written into a temporary sibling and renamed into place, so readers never see a
+    half-written folder, and a concurrent builder that renamed first simply wins.
+    """
+    folder = _cache_root(cache_dir) / "tiny" / f"{_tiny_name(model_id)}-v{VERSION}"
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent)
+    try:
+        build_tiny_pipeline(model_id).save_pretrained(staging)
+        os.rename(staging, folder)
+    except OSError:
+        if not (folder / "model_index.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def build_tiny_pipeline(model_id: str) -> DiffusionPipeline:
+    """The tiny pipeline `model_id` in memory (fp32, eval mode): what `tiny_model_path` saves.
+
+    Every component is built from its own fixed seed, so the weights are identical in every process and on every
+    CPU. Note for tiny/qwen-image-edit: the stock `QwenImageEditPipeline.__call__` VAE-encodes the condition image
+    at ~1024x1024 whatever the output size (`calculate_dimensions(1024 * 1024, ratio)` is hard-coded), so every
+    transformer call carries ~4k condition tokens and a 2-step call takes seconds instead of milliseconds; callers
+    that want speed choose the condition size themselves. The processor caps what reaches the vision tower at
+    224x224 pixels (64 vision tokens).
+    """
+    builders = {"qwen-image": _qwen_image, "flux": _flux, "qwen-image-edit": _qwen_image_edit}
+    pipeline = builders[_tiny_name(model_id)]()
+    for component in pipeline.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipeline
+
+
+def _tiny_name(model_id: str) -> str:
+    if model_id not in TINY_MODEL_IDS:
+        raise ValueError(f"Unknown embedded model {model_id!r}. Embedded models: {', '.join(TINY_MODEL_IDS)}.")
+    return model_id.removeprefix("tiny/")
+
+
+def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
+    if cache_dir is None:
+        cache_dir = os.environ.get("GLANCE_LITE_HOME") or Path.home() / ".cache" / "glance_lite"
+    return Path(cache_dir).expanduser()
+
+
+def _from_real_config(cls, family: str, component: str, **overrides):
+    """`cls` built from the real model's config in `configs/<family>/` with the size knobs in `overrides`.
+
+    Keys the installed class does not take (our `_class_name` / `_note`, stale hub keys) are dropped.
+    """
+    config = json.loads((_CONFIGS / family / f"{component}_config.json").read_text())
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls(**{key: value for key, value in config.items() if key in accepted} | overrides)
+
+
+def _seeded(component: str, build, *args, **kwargs):
+    """`build(*args, **kwargs)` under the component's fixed seed, leaving the caller's RNG state untouched."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEEDS[component])
+        return build(*args, **kwargs)
+
+
+# ---- Qwen-Image family ---------------------------------------------------------------------------------------------
+
+
+def _qwen_image() -> QwenImagePipeline:
+    return QwenImagePipeline(**_qwen_components(_qwen_tokenizer()))
+
+
+def _qwen_image_edit() -> QwenImageEditPipeline:
+    tokenizer = _qwen_tokenizer()
+    return QwenImageEditPipeline(**_qwen_components(tokenizer), processor=_qwen_processor(tokenizer))
+
+
+def _qwen_components(tokenizer: Qwen2Tokenizer) -> dict:
+    """The components Qwen-Image and Qwen-Image-Edit share (as in the real models, with identical weights)."""
+    return dict(
+        scheduler=_scheduler("qwen-image"),
+        vae=_seeded("vae", _qwen_vae),
+        text_encoder=_seeded("text_encoder", _qwen_text_encoder, tokenizer),
+        tokenizer=tokenizer,
+        transformer=_seeded("transformer", _qwen_transformer),
+    )
+
+
+def _qwen_tokenizer() -> Qwen2Tokenizer:
+    # `local_files_only` is recorded in the saved tokenizer_config.json: fixing it (rather than letting it follow
+    # HF_HUB_OFFLINE) keeps the saved folder byte-identical in every environment.
+    return Qwen2Tokenizer.from_pretrained(_QWEN_TOKENIZER, local_files_only=True)
+
+
+def _qwen_processor(tokenizer: Qwen2Tokenizer) -> Qwen2VLProcessor:
+    """Patch/merge sizes as Qwen2.5-VL; at most 224x224 pixels (64 vision tokens) reach the vision tower."""
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
+    return build_qwen2vl_processor(image_processor, tokenizer)
+
+
+def _qwen_vae() -> AutoencoderKLQwenImage:
+    """Real latent statistics and 8x spatial downsampling (3 downsampling stages), 8 base channels."""
+    return _from_real_config(AutoencoderKLQwenImage, "qwen-image", "vae", base_dim=8, num_res_blocks=1)
+
+
+def _qwen_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneration:
+    """Qwen2.5-VL with a 2-layer, 32-wide text model and a 1-block vision tower, token ids from `tokenizer`.
+
+    Qwen-Image uses only the last hidden state; the vision tower serves Qwen-Image-Edit's condition image.
+    """
+    text = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=_TEXT_WIDTH,
+        intermediate_size=2 * _TEXT_WIDTH,
+        num_hidden_layers=2,
+        num_attention_heads=_TEXT_WIDTH // _HEAD_DIM,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        # Multimodal RoPE: (temporal, height, width) sections sum to half the head dim.
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    )
+    vision = dict(
+        depth=1,
+        hidden_size=_TEXT_WIDTH,
+        intermediate_size=2 * _TEXT_WIDTH,
+        num_heads=2,
+        out_hidden_size=_TEXT_WIDTH,
+        fullatt_block_indexes=[0],
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
+def _qwen_transformer() -> QwenImageTransformer2DModel:
+    return _from_real_config(
+        QwenImageTransformer2DModel,
+        "qwen-image",
+        "transformer",
+        num_layers=2,
+        num_attention_heads=_HEADS,
+        attention_head_dim=_HEAD_DIM,
+        axes_dims_rope=_ROPE_AXES,
+        joint_attention_dim=_TEXT_WIDTH,
+    )
+
+
+# ---- FLUX.1-dev ----------------------------------------------------------------------------------------------------
+
+
+def _flux() -> FluxPipeline:
+    clip_tokenizer, t5_tokenizer = _clip_tokenizer(), _t5_tokenizer()
+    return FluxPipeline(
+        scheduler=_scheduler("flux1-dev"),
+        vae=_seeded("vae", _flux_vae),
+        text_encoder=_seeded("text_encoder", _clip_text_encoder, clip_tokenizer),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=_seeded("text_encoder_2", _t5_encoder, t5_tokenizer),
+        tokenizer_2=t5_tokenizer,
+        transformer=_seeded("transformer", _flux_transformer),
+    )
+
+
+def _flux_vae() -> AutoencoderKL:
+    """FLUX VAE semantics (16 latent channels, scaling/shift factors, no quant convs), 4 blocks of 16 channels."""
+    return _from_real_config(
+        AutoencoderKL,
+        "flux1-dev",
+        "vae",
+        block_out_channels=(16, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        layers_per_block=1,
+        norm_num_groups=8,
+    )
+
+
+def _flux_transformer() -> FluxTransformer2DModel:
+    return _from_real_config(
+        FluxTransformer2DModel,
+        "flux1-dev",
+        "transformer",
+        num_layers=1,
+        num_single_layers=1,
+        num_attention_heads=_HEADS,
+        attention_head_dim=_HEAD_DIM,
+        axes_dims_rope=_ROPE_AXES,
+        joint_attention_dim=_TEXT_WIDTH,
+        pooled_projection_dim=_TEXT_WIDTH,
+    )
+
+
+def _clip_tokenizer() -> CLIPTokenizer:
+    """Byte-level characters, each also with CLIP's end-of-word `</w>` suffix, and no merges: one token per char."""
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for symbol in symbols:
+        vocab[symbol] = len(vocab)
+        vocab[symbol + "</w>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=_CLIP_MAX_LENGTH)
+
+
+def _clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=_TEXT_WIDTH,
+        intermediate_size=2 * _TEXT_WIDTH,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        max_position_embeddings=_CLIP_MAX_LENGTH,
+        projection_dim=_TEXT_WIDTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def _t5_tokenizer() -> T5Tokenizer:
+    """Unigram over printable ASCII, each character with and without the word-start marker `▁`."""
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    chars = [chr(code) for code in range(33, 127)]
+    vocab = specials + [(piece, -3.0) for char in chars for piece in ("▁" + char, char)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def _t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=_TEXT_WIDTH,
+        d_kv=16,
+        d_ff=2 * _TEXT_WIDTH,
+        num_layers=1,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5EncoderModel(config)
+
+
+def _scheduler(family: str) -> FlowMatchEulerDiscreteScheduler:
+    return _from_real_config(FlowMatchEulerDiscreteScheduler, family, "scheduler")

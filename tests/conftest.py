@@ -1,0 +1,46 @@
+"""Shared test setup: an isolated cache for the embedded tiny models, and LoRA files made on the fly."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session", autouse=True)
+def glance_home(tmp_path_factory):
+    """Tiny models are built once per test session into a private cache (never the user's ~/.cache)."""
+    home = os.environ.get("GLANCE_LITE_TEST_HOME") or str(tmp_path_factory.mktemp("glance_home"))
+    os.environ["GLANCE_LITE_HOME"] = home
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return Path(home)
+
+
+def make_random_lora(model_id: str, path: Path, seed: int, rank: int = 4, alpha: float | None = None, std: float = 0.05) -> Path:
+    """A LoRA file for `model_id`'s transformer with random A and B (a default-initialized LoRA is a no-op)."""
+    from peft import LoraConfig
+
+    from glance_lite.lora import save_lora
+    from glance_lite.models import component_class, resolve_model
+
+    source = resolve_model(model_id)
+    transformer = component_class(source, "transformer").from_pretrained(source.location, subfolder="transformer")
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha or 4 * rank, target_modules=list(source.family.lora_target_modules), init_lora_weights=False
+    )
+    transformer.add_adapter(config, adapter_name="random")
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+    return save_lora(transformer, source.family, "random", path)
+
+
+@pytest.fixture(scope="session")
+def qwen_loras(tmp_path_factory):
+    """(slow, fast) random LoRA files for tiny/qwen-image."""
+    folder = tmp_path_factory.mktemp("loras")
+    return make_random_lora("tiny/qwen-image", folder / "slow.safetensors", 1), make_random_lora(
+        "tiny/qwen-image", folder / "fast.safetensors", 2
+    )

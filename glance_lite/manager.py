@@ -140,7 +140,7 @@ class ComponentManager:
         placement = policy.placement
         if placement in ("resident", "evict_after_use") or (placement == "model_offload" and self.device.type == "cpu"):
             module.to(self.device)
-        elif placement == "group_offload" and self.device.type != "cpu":
+        elif placement == "group_offload":
             self._group_offload(module, policy)
         # model_offload waits in CPU RAM until its stage; cpu stays where it is.
 
@@ -153,7 +153,7 @@ class ComponentManager:
             offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=policy.blocks_per_group or 1,
-            use_stream=bool(policy.use_stream),
+            use_stream=bool(policy.use_stream) and self.device.type == "cuda",
         )
 
     # ---- stage lifecycle -----------------------------------------------------------------------
@@ -223,6 +223,8 @@ class ComponentManager:
             hint = mp.leaner_profile_hint()
             if hint:
                 text += f" Try the leaner profile: --profile {hint}."
+            else:
+                text += " No built-in profile is leaner: reduce height/width, or free the GPU of other programs."
         except Exception:  # the message must never hide the OOM itself
             text += " Try a profile for a smaller card (e.g. --profile 12gb or 8gb)."
         return text

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib.resources
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -26,6 +26,8 @@ import yaml
 
 # ---- vocabularies (the manager and the planner understand exactly these) ---------------------------------------
 QUANTIZATIONS = ("none", "bnb-nf4", "bnb-int8", "quanto-qfloat8", "quanto-qint8", "quanto-qint4")
+# Without a GPU a component either stays in RAM, is freed after its stage, or runs block by block (cpu -> cpu).
+CPU_PLACEMENTS = ("cpu", "evict_after_use", "group_offload")
 PLACEMENTS = ("resident", "evict_after_use", "model_offload", "group_offload", "sharded", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
 DEVICES = ("cuda", "cpu")
@@ -37,6 +39,8 @@ COMPONENT_ROLES = ("text_encoder", "transformer", "vae")
 ROLE_ALIASES = {"text_encoder_2": "text_encoder"}
 # bfloat16 arithmetic needs Ampere (sm_80) or newer; a V100 is sm_70.
 BF16_MIN_COMPUTE_CAPABILITY = 8.0
+# A "24 GB" card reports a little less than 24 GiB in total.
+CARD_SIZE_TOLERANCE_GB = 1.0
 
 
 class ProfileError(ValueError):
@@ -110,7 +114,7 @@ class Profile:
 
     def to_dict(self) -> dict:
         """The profile as the YAML mapping it came from (defaults filled in)."""
-        data = asdict(self)
+        data = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict cannot copy the read-only mapping
         data["components"] = {role: _policy_dict(policy) for role, policy in self.components.items()}
         data["training"] = {k: v for k, v in asdict(self.training).items() if v is not None}
         data.pop("source")
@@ -118,10 +122,13 @@ class Profile:
 
 
 def _policy_dict(policy: ComponentPolicy) -> dict:
+    """Only the keys that mean something for this policy, so the mapping validates again (round trip)."""
     data = asdict(policy)
     if policy.placement != "group_offload":
         data.pop("blocks_per_group")
         data.pop("use_stream")
+    if not policy.tiling:
+        data.pop("tiling")
     return data
 
 
@@ -236,8 +243,10 @@ def _check_consistency(data: dict) -> list[str]:
             errors.append(f"{path}.placement = 'sharded' only applies to the transformer")
         if placement == "sharded" and num_gpus < 2:
             errors.append(f"{path}.placement = 'sharded' needs num_gpus >= 2 (num_gpus is {num_gpus})")
-        if on_cpu and placement != "cpu":
-            errors.append(f"{path}.placement = {placement!r} is not possible on device cpu: use cpu")
+        if on_cpu and placement not in CPU_PLACEMENTS:
+            errors.append(
+                f"{path}.placement = {placement!r} is not possible on device cpu: use one of {', '.join(CPU_PLACEMENTS)}"
+            )
         if not on_cpu and policy.get("gpu", 0) >= max(num_gpus, 1):
             errors.append(f"{path}.gpu = {policy['gpu']} but the profile has num_gpus = {num_gpus}")
         if on_cpu and policy["quantization"].startswith("bnb-"):
@@ -436,7 +445,8 @@ def select_profile(
 
     Candidates are the GPU profiles when a GPU is present (the cpu profile otherwise) that the GPUs can run
     (count, compute capability). Each is planned for `model` at `height` x `width` against the detected free VRAM
-    (per GPU) and available RAM; among those that fit, the one moving the fewest weight bytes per image wins
+    (per GPU) and available RAM. Among those that fit, profiles made for this card size or smaller come first
+    (float16 profiles last on GPUs that can run bfloat16), then the one moving the fewest weight bytes per image
     (streamed + reloaded bytes), then the one losing the fewest bytes to quantization, then the one made for the
     biggest card. If none fits, the leanest compatible profile is returned and the sentence says it will not fit.
     """
@@ -461,9 +471,18 @@ def select_profile(
         )  # fmt: skip
         candidates.append((profile, mp))
     fitting = [(p, mp) for p, mp in candidates if mp.fits]
+    bf16_capable = min(hardware.compute_capabilities) >= BF16_MIN_COMPUTE_CAPABILITY
+
+    def rank(candidate):
+        profile, mp = candidate
+        needless_fp16 = bf16_capable and profile.compute_dtype == "float16"  # fp16 overflows where bf16 would not
+        card_gb = min(hardware.gpu_total_bytes[: max(profile.num_gpus, 1)]) / 2**30
+        for_bigger_card = (profile.gpu_memory_gb or 0) > card_gb + CARD_SIZE_TOLERANCE_GB
+        return (needless_fp16, for_bigger_card, mp.traffic_bytes_per_image, mp.quantization_loss_bytes,
+                -(profile.gpu_memory_gb or 0), profile.name)  # fmt: skip
+
     if fitting:
-        profile, mp = min(fitting, key=lambda c: (c[1].traffic_bytes_per_image, c[1].quantization_loss_bytes,
-                                                  -(c[0].gpu_memory_gb or 0), c[0].name))  # fmt: skip
+        profile, mp = min(fitting, key=rank)
         others = len(fitting) - 1
         return profile, (
             f"Picked '{profile.name}' ({profile.description}) for {hardware.describe()}: its plan for {model} at "
@@ -477,7 +496,7 @@ def select_profile(
             f"No GPU profile can run on {hardware.describe()} ({'; '.join(rejected)}): using '{cpu.name}', "
             "which is only practical for tiny models."
         )
-    profile, mp = min(candidates, key=lambda c: c[1].peak_gpu_bytes)
+    profile, mp = min(candidates, key=lambda c: (c[1].peak_gpu_bytes, c[0].gpu_memory_gb or 0))
     return profile, (
         f"No profile fits {hardware.describe()} for {model} at {width}x{height}. The leanest, '{profile.name}', "
         f"needs {mp.peak_gpu_bytes / 2**30:.1f} GiB per GPU and {mp.peak_ram_bytes / 2**30:.1f} GiB RAM: "

@@ -21,7 +21,7 @@ import torch
 from .lora import LoraCompat, LoraReport, LoraSource, check_lora_fits, load_lora, read_lora_file
 from .manager import ComponentManager
 from .memory import StageRecord
-from .models import ModelSource, component_class, resolve_model
+from .models import ModelSource, meta_component, resolve_model
 from .sampler import sample
 from .schedule import SCHEDULE_MODES, PhasePlan, PhaseSplit, base_plan, glance_plan
 
@@ -97,15 +97,6 @@ def _condition_image(image):
         raise ValueError(f"Cannot read the input image {path}: {exc}. Pass a PNG/JPEG/WEBP file.") from None
 
 
-def _meta_transformer(source: ModelSource):
-    """The transformer's architecture without weights, for checking LoRA files before loading gigabytes."""
-    from accelerate import init_empty_weights
-
-    cls = component_class(source, "transformer")
-    with init_empty_weights():
-        return cls.from_config(cls.load_config(source.location, subfolder="transformer"))
-
-
 def resolve_profile(profile, model: str, height: int, width: int):
     """A Profile from a Profile, a built-in name, a YAML path, or "auto" (the planner picks; it says why)."""
     from .profiles import Profile, load_profile, select_profile
@@ -128,7 +119,7 @@ def _lora_source(lora, weight_name: str | None) -> LoraSource | None:
 class Glance:
     """A loaded model: one transformer with its 'slow' and 'fast' adapters, reused by every `generate()`."""
 
-    def __init__(self, source: ModelSource, profile, loras: dict[str, LoraSource], lora_compat: LoraCompat, split: PhaseSplit):
+    def __init__(self, source: ModelSource, profile, loras: dict[str, LoraSource], lora_compat: LoraCompat, split: PhaseSplit, manager: ComponentManager | None = None):
         self.source = source
         self.family = source.family
         self.profile = profile
@@ -136,7 +127,7 @@ class Glance:
         self.lora_compat = lora_compat
         self.split = split
         self.lora_reports: list[LoraReport] = []
-        self.manager = ComponentManager(source, profile)
+        self.manager = manager or ComponentManager(source, profile)  # benchmarks pass one that builds random weights
         self.manager.on_load("transformer", self._attach_adapters)
 
     def _attach_adapters(self, transformer) -> None:
@@ -262,7 +253,7 @@ def load(
         loras = {"slow": LoraSource(repo, slow_file), "fast": LoraSource(repo, fast_file)}
     loras = {name: src for name, src in loras.items() if src is not None}
     if loras:
-        meta = _meta_transformer(source)
+        meta = meta_component(source)
         for src in loras.values():
             check_lora_fits(read_lora_file(src.resolve())[0], meta, family, str(src))
     return Glance(source, resolved_profile, loras, lora_compat, split)

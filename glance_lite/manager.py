@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 
 from .memory import MemoryTracker
-from .models import ModelSource, component_class
+from .models import ModelSource, component_class, meta_component
 
 TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")  # FLUX has two; profiles call both "text_encoder"
 HEAVY_COMPONENTS = TEXT_COMPONENTS + ("transformer",)
@@ -123,10 +123,7 @@ class ComponentManager:
 
     def _load(self, component: str):
         policy = self.policy(component)
-        cls = component_class(self.source, component)
-        kwargs = {"subfolder": component, "dtype": _torch_dtype(policy.dtype)}
-        kwargs.update(quantization_kwargs(cls, policy, self.device))
-        module = cls.from_pretrained(self.source.location, **kwargs)
+        module = self._instantiate(component, policy)
         module.eval().requires_grad_(False)
         quantize_after_load(module, policy)
         for callback in self._on_load.get(component, []):
@@ -136,8 +133,36 @@ class ComponentManager:
         setattr(self.pipe, component, module)
         return module
 
+    def _instantiate(self, component: str, policy):
+        """The component's module with its weights, quantized while loading where the policy says (CPU RAM).
+
+        The one place that reads weights; benchmarks override it to build random weights from a config.
+        """
+        cls = component_class(self.source, component)
+        kwargs = {"subfolder": component, "dtype": _torch_dtype(policy.dtype)}
+        kwargs.update(quantization_kwargs(cls, policy, self.device))
+        return cls.from_pretrained(self.source.location, **kwargs)
+
+    def shard_map(self, component: str, gpu_bytes: dict[int, int] | None = None) -> dict[str, int]:
+        """Whole blocks spread over the profile's GPUs (accelerate's device map), planned on the meta device."""
+        from accelerate import infer_auto_device_map
+
+        policy = self.policy(component)
+        if gpu_bytes is None:
+            usable = 0.9 * self.profile.gpu_memory_bytes  # head-room for activations and the CUDA context
+            gpu_bytes = {gpu: int(usable) for gpu in range(self.profile.num_gpus)}
+        meta = meta_component(self.source, component)
+        return infer_auto_device_map(
+            meta,
+            max_memory=gpu_bytes,
+            no_split_module_classes=list(getattr(meta, "_no_split_modules", None) or []),
+            dtype=_torch_dtype(policy.dtype),
+        )
+
     def _place(self, module, policy) -> None:
         placement = policy.placement
+        if placement == "sharded":
+            return  # placed by its device map while loading
         if placement in ("resident", "evict_after_use") or (placement == "model_offload" and self.device.type == "cpu"):
             module.to(self.device)
         elif placement == "group_offload":

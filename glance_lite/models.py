@@ -88,3 +88,12 @@ def component_class(source: ModelSource, name: str):
 
     library, class_name = source.components[name]
     return getattr(importlib.import_module(library), class_name)
+
+
+def meta_component(source: ModelSource, name: str = "transformer"):
+    """A component's architecture without weights (meta device): for fit checks and device maps in milliseconds."""
+    from accelerate import init_empty_weights
+
+    cls = component_class(source, name)
+    with init_empty_weights():
+        return cls.from_config(cls.load_config(source.location, subfolder=name))

@@ -97,3 +97,17 @@ def test_accelerate_launch_processes_split_the_prompts(tmp_path, monkeypatch):
             "--prompt", "a", "--prompt", "b", "--prompt", "c", "--out-dir", str(tmp_path)]  # fmt: skip
     assert generate_main(args) == 0
     assert sorted(os.listdir(tmp_path)) == ["001.png"]  # process 1 of 2 takes prompts 1, 3, 5, ...
+
+
+def test_sharded_placement_spreads_whole_blocks_over_the_gpus():
+    """The multi-gpu profile's device map (planned on the meta device; no GPU needed to compute it)."""
+    from glance_lite.manager import ComponentManager
+    from glance_lite.models import meta_component, resolve_model
+
+    source = resolve_model("tiny/qwen-image")
+    manager = ComponentManager(source, load_profile("multi-gpu"))
+    total = sum(p.numel() * 2 for p in meta_component(source).parameters())  # bf16 bytes
+    device_map = manager.shard_map("transformer", {0: int(0.6 * total), 1: 2 * total})
+    assert set(device_map.values()) == {0, 1}
+    block_entries = [name for name in device_map if name.startswith("transformer_blocks")]
+    assert all(name.count(".") <= 1 for name in block_entries), "a transformer block was split across GPUs"

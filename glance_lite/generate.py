@@ -74,8 +74,19 @@ def _process_share(items: list) -> list[tuple[int, object]]:
     return [(i, x) for i, x in enumerate(items) if i % world == rank]
 
 
+def _log_to_stderr() -> None:
+    """Show glance_lite's one-line notes (auto profile choice, LoRA reports) without the libraries' chatter."""
+    import logging
+
+    logger = logging.getLogger("glance_lite")
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler(sys.stderr))
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _log_to_stderr()
     from .api import check_size, load
     from .schedule import PhaseSplit
 
@@ -103,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed + index, true_cfg_scale=args.true_cfg_scale, mode=args.mode,
                 base_steps=args.base_steps, image=args.image, progress=not args.no_progress,
             )  # fmt: skip
+            if not reports:
+                for lora in result.lora_reports:
+                    print(lora.summary(), file=sys.stderr)
             out.parent.mkdir(parents=True, exist_ok=True)
             result.image.save(out)
             reports.append({"prompt": prompt, "output": str(out), "seed": args.seed + index, **result.to_dict()})

@@ -134,23 +134,32 @@ class ComponentManager:
         return module
 
     def _instantiate(self, component: str, policy):
-        """The component's module with its weights, quantized while loading where the policy says (CPU RAM).
+        """The component's module with its weights, quantized while loading where the policy says.
 
         The one place that reads weights; benchmarks override it to build random weights from a config.
         """
         cls = component_class(self.source, component)
         kwargs = {"subfolder": component, "dtype": _torch_dtype(policy.dtype)}
         kwargs.update(quantization_kwargs(cls, policy, self.device))
+        if policy.placement == "sharded":
+            kwargs["device_map"] = self.shard_map(component)
+        elif policy.placement in ("resident", "evict_after_use") and self.device.type == "cuda":
+            kwargs["device_map"] = {"": str(self.device)}  # shard by shard straight to the GPU, not via CPU RAM
         return cls.from_pretrained(self.source.location, **kwargs)
 
     def shard_map(self, component: str, gpu_bytes: dict[int, int] | None = None) -> dict[str, int]:
-        """Whole blocks spread over the profile's GPUs (accelerate's device map), planned on the meta device."""
+        """Whole blocks spread over the profile's GPUs (accelerate's device-map format).
+
+        By default the memory planner's map, which balances head-room across GPUs for what else it put there
+        (text encoder, VAE decode); with explicit `gpu_bytes`, accelerate's greedy fill on the meta model.
+        """
         from accelerate import infer_auto_device_map
 
-        policy = self.policy(component)
         if gpu_bytes is None:
-            usable = 0.9 * self.profile.gpu_memory_bytes  # head-room for activations and the CUDA context
-            gpu_bytes = {gpu: int(usable) for gpu in range(self.profile.num_gpus)}
+            from .plan import plan as make_plan
+
+            return make_plan(self.source.model_id, self.profile, *self.image_size).device_map
+        policy = self.policy(component)
         meta = meta_component(self.source, component)
         return infer_auto_device_map(
             meta,
@@ -172,6 +181,12 @@ class ComponentManager:
     def _group_offload(self, module, policy) -> None:
         from diffusers.hooks import apply_group_offloading
 
+        if policy.use_stream and self.device.type == "cuda":
+            # Streams need pinned RAM; pin in place so diffusers does not keep a second, unpinned copy.
+            with torch.no_grad():
+                for param in module.parameters():
+                    param.data = param.data.pin_memory()
+
         apply_group_offloading(
             module,
             onload_device=self.device,
@@ -187,10 +202,8 @@ class ComponentManager:
         module = getattr(self.pipe, component, None)
         if module is None:
             return self._load(component)
-        if self.policy(component).placement == "model_offload":
-            module.to(self.device)
-        elif component == "vae":
-            module.to(self.device)
+        if self.policy(component).placement in ("resident", "model_offload", "evict_after_use"):
+            module.to(self.device)  # no-op when already there; the VAE starts in CPU RAM with the light pipeline
         return module
 
     def release(self, component: str) -> None:

@@ -31,7 +31,7 @@ import math
 import re
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .profiles import ComponentPolicy, Profile, load_profile, list_profiles
@@ -44,8 +44,8 @@ DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 # Memory the CUDA runtime takes on each GPU before any tensor (context, cuBLAS/cuDNN handles and workspaces).
 CUDA_CONTEXT_BYTES = int(0.5 * GiB)
-# Resident memory of the Python process with torch, diffusers and transformers imported and CUDA initialised.
-RAM_BASELINE_BYTES = 3 * GiB
+# Resident memory of the Python process with torch, diffusers and transformers imported (and CUDA initialised).
+RAM_BASELINE_BYTES = {"cuda": 3 * GiB, "cpu": int(1.5 * GiB)}
 # A checkpoint is read one safetensors shard at a time (hub shards are <= 5 GB); quantizing while loading keeps
 # at most one shard in RAM on top of what is already held.
 LOAD_SHARD_BYTES = 5 * GiB
@@ -60,15 +60,21 @@ GROUP_OFFLOAD_RAM_COPIES = 1
 # The caching allocator rounds and fragments: activations (many short-lived tensors) get this much headroom.
 ACTIVATION_SLACK = 1.10
 
-# Transformer activations, in units of one hidden-state tensor [batch, tokens, hidden] (the attention is SDPA /
-# flash: O(tokens) memory, no tokens^2 matrix). Counts come from reading the diffusers block forwards.
-#   Inference, inside one block: the block input (kept by the caller), normed + modulated inputs (kept as locals),
-#   q/k/v per stream and joint, the attention output and its projection ~ 7 units, plus the MLP hidden
-#   (mlp_ratio units) twice while the GELU runs.
-INFER_BLOCK_UNITS = 7.0
+# Transformer activations, in units of one hidden-state tensor [batch, tokens, hidden] (attention through SDPA
+# flash / memory-efficient kernels: no tokens^2 score matrix). Counted by reading the diffusers 0.42 block forwards.
+#   Inference, attention moment: the block input (held by the caller), normed + modulated inputs (block locals),
+#   and inside the processor q/k/v per stream, their joint concatenations, the attention output, its contiguous
+#   slice and projection: 3 + 9 units.
+INFER_ATTENTION_UNITS = 12.0
+#   Inference, MLP moment: 7 units of block locals (input, normed/modulated x2, attention output, residual sum)
+#   plus the MLP hidden (mlp_ratio units) twice while the GELU runs.
+INFER_MLP_BASE_UNITS = 7.0
 INFER_MLP_COPIES = 2.0
 #   Outside the blocks: embedded latents, text states, the output, RoPE tables, CFG combination.
 INFER_OUTSIDE_UNITS = 3.0
+#   A padding mask (Qwen-Image when two prompts of different lengths share a batch) makes SDPA expand it to a
+#   [batch, heads, tokens, tokens] bias in the compute dtype for every attention call (torch 2.x mem-efficient
+#   kernel; flash cannot take a mask). Counted when `FamilyShapes.masked_batched_attention` and batch > 1.
 #   Training, one block re-run with autograd during backward (gradient checkpointing): tensors saved for backward
 #   (modulated inputs, q/k before and after the norm, fp32 RoPE operands, joint q/k/v, attention output, gates,
 #   norm inputs ~ 16 units) plus the MLP input to GELU and its output (2 x mlp_ratio), plus gradients in flight.
@@ -77,6 +83,8 @@ TRAIN_MLP_SAVED_COPIES = 2.0
 TRAIN_GRAD_UNITS = 6.0
 #   Checkpointed training keeps each block's input (image + text hidden states) until backward reaches it.
 TRAIN_CHECKPOINT_UNITS_PER_BLOCK = 1.0
+#   Outside the blocks: embedded latents and text, the prediction, target and loss, and their gradients.
+TRAIN_OUTSIDE_UNITS = 3.0
 #   Trainable LoRA weights are kept in fp32 under mixed precision, and so are their gradients.
 LORA_TRAIN_PARAM_BYTES = 4
 LORA_GRAD_BYTES = 4
@@ -87,16 +95,22 @@ OPTIMIZER_STATE_BYTES = {"adamw8bit": 2, "adamw": 8}  # per trainable parameter 
 TEXT_LIVE_HIDDEN = 6.0
 TEXT_LIVE_MLP = 3.0
 
-# VAE, elements held at the peak per output pixel (times the dtype size), measured on CPU in fp32 with random
-# weights (diffusers 0.42.1). The Qwen-Image VAE caches the input of every causal conv (feat_cache) while it
-# decodes, which is why it needs about twice the FLUX VAE per pixel.
-VAE_ELEMENTS_PER_PIXEL = {
-    "AutoencoderKLQwenImage": {"decode": 2300.0, "encode": 1300.0},
-    "AutoencoderKL": {"decode": 1100.0, "encode": 700.0},
+# VAE, elements held at the peak per output pixel and per channel of the full-resolution stage (Qwen-Image:
+# `base_dim` 96, FLUX: `block_out_channels[0]` 128), times the dtype size. Measured as the peak RSS above the
+# loaded model while decoding 1024x1024 on CPU in fp32 with random weights (diffusers 0.42.1): Qwen-Image
+# 8371 MiB (2093 elements per pixel; 2250 at 512^2), FLUX 3866 MiB (966; 1049 at 512^2). The Qwen-Image VAE
+# caches the input of every causal conv (feat_cache) while it decodes: twice the FLUX VAE per pixel. Encoding
+# 512x512: Qwen-Image 1277, FLUX 652 per pixel (about 0.57x / 0.62x of decoding at that size).
+# cuDNN workspaces are not included.
+VAE_ELEMENTS_PER_PIXEL_PER_CHANNEL = {
+    "AutoencoderKLQwenImage": {"decode": 2100.0 / 96, "encode": 1200.0 / 96},
+    "AutoencoderKL": {"decode": 1000.0 / 128, "encode": 620.0 / 128},
 }
-VAE_DEFAULT_ELEMENTS_PER_PIXEL = {"decode": 2300.0, "encode": 1300.0}
-# Tiled decoding keeps every decoded (overlapping) tile and the blended result: ~3 images of 3 channels.
-VAE_TILED_OUTPUT_ELEMENTS_PER_PIXEL = 9.0
+# Tiled decoding: one tile in flight costs more per pixel than a big image (fixed per-conv overhead: Qwen-Image
+# 2737 elements per pixel at 256^2 vs 2093 at 1024^2), and every decoded (overlapping) tile plus the blended
+# result are kept. Measured: Qwen-Image, 1024^2 in 256^2 tiles, fp32 on CPU: 874 MiB (this model: 862 MiB).
+VAE_TILE_OVERHEAD = 1.55
+VAE_TILED_OUTPUT_ELEMENTS_PER_PIXEL = 12.0
 
 # bitsandbytes 4-bit: blocks of 64 weights share one fp32 absmax (no double quantization), plus the 16-entry
 # fp32 NF4 code table per layer. LLM.int8: one fp32 scale per output row.
@@ -126,12 +140,17 @@ class FamilyShapes:
     mlp_ratio: float = 4.0
     condition_image_area: int = 0
     vision_tokens: int = 0
+    masked_batched_attention: bool = False
 
 
 FAMILY_SHAPES = {
-    "qwen-image": FamilyShapes(generate_text_tokens=128, train_text_tokens=1024),
+    # Prompt and negative prompt have different lengths: batching them needs a padding mask.
+    "qwen-image": FamilyShapes(generate_text_tokens=128, train_text_tokens=1024, masked_batched_attention=True),
     # 1024x1024 condition -> Qwen2-VL processor (28 px per merged token): 37 x 37 vision tokens.
-    "qwen-image-edit": FamilyShapes(128, 1024, condition_image_area=1024 * 1024, vision_tokens=37 * 37),
+    "qwen-image-edit": FamilyShapes(
+        128, 1024, condition_image_area=1024 * 1024, vision_tokens=37 * 37, masked_batched_attention=True
+    ),
+    # T5 is padded to 512 and attended without a mask.
     "flux": FamilyShapes(generate_text_tokens=512, train_text_tokens=512),
 }
 
@@ -175,13 +194,14 @@ class ModelConfigs:
 
 
 def _library_of(class_name: str) -> str:
+    """Which library exports a class. `dir()` of the lazy top-level modules lists their exports without importing
+    them all (hasattr would import every submodule in search of the name: seconds)."""
     import diffusers
     import transformers
 
-    if hasattr(diffusers, class_name):
-        return "diffusers"
-    if hasattr(transformers, class_name):
-        return "transformers"
+    for library in (diffusers, transformers):
+        if class_name in dir(library):
+            return library.__name__
     raise PlanError(f"Neither diffusers nor transformers has a class named {class_name!r}.")
 
 
@@ -531,14 +551,21 @@ def transformer_hidden_size(inv: Inventory) -> int:
     return int(config["num_attention_heads"]) * int(config["attention_head_dim"])
 
 
-def transformer_inference_activations(inv: Inventory, tokens: Tokens, batch: int, dtype: str, mlp_ratio: float) -> int:
-    """Peak activation bytes of one no-grad transformer forward.
+def transformer_inference_activations(
+    inv: Inventory, tokens: Tokens, batch: int, dtype: str, mlp_ratio: float, attention_mask: bool = False
+) -> int:
+    """Peak activation bytes of one no-grad transformer forward; only one block's temporaries live at a time.
 
-    unit = batch x tokens x hidden x dtype;  bytes = unit x (INFER_BLOCK_UNITS + INFER_MLP_COPIES x mlp_ratio +
-    INFER_OUTSIDE_UNITS). Only one block's temporaries are alive at a time; SDPA stores no tokens^2 matrix.
+    unit = batch x tokens x hidden x dtype
+    bytes = max(INFER_ATTENTION_UNITS x unit + mask, (INFER_MLP_BASE_UNITS + INFER_MLP_COPIES x mlp_ratio) x unit)
+            + INFER_OUTSIDE_UNITS x unit,     mask = batch x heads x tokens^2 x dtype if attention_mask else 0
     """
-    unit = batch * tokens.total * transformer_hidden_size(inv) * DTYPE_BYTES[dtype]
-    return int(unit * (INFER_BLOCK_UNITS + INFER_MLP_COPIES * mlp_ratio + INFER_OUTSIDE_UNITS))
+    dtype_bytes = DTYPE_BYTES[dtype]
+    unit = batch * tokens.total * transformer_hidden_size(inv) * dtype_bytes
+    mask = batch * int(inv.config["num_attention_heads"]) * tokens.total**2 * dtype_bytes if attention_mask else 0
+    attention = INFER_ATTENTION_UNITS * unit + mask
+    mlp = (INFER_MLP_BASE_UNITS + INFER_MLP_COPIES * mlp_ratio) * unit
+    return int(max(attention, mlp) + INFER_OUTSIDE_UNITS * unit)
 
 
 def transformer_training_activations(
@@ -557,7 +584,7 @@ def transformer_training_activations(
         units = TRAIN_CHECKPOINT_UNITS_PER_BLOCK * blocks + block + TRAIN_GRAD_UNITS
     else:
         units = block * blocks + TRAIN_GRAD_UNITS
-    return int(unit * (units + INFER_OUTSIDE_UNITS))
+    return int(unit * (units + TRAIN_OUTSIDE_UNITS))
 
 
 def _text_dims(inv: Inventory) -> tuple[int, int, int, int]:
@@ -586,15 +613,25 @@ def vae_tile_side(inv: Inventory) -> int:
     return int(inv.config.get("sample_size", 1024))
 
 
+def vae_width(inv: Inventory) -> int:
+    """Channels of the VAE's full-resolution stage, which its activations scale with."""
+    config = inv.config
+    if "base_dim" in config:
+        return int(config["base_dim"]) * int(config.get("dim_mult", [1])[0])
+    return int(config.get("block_out_channels", [128])[0])
+
+
 def vae_activations(inv: Inventory, height: int, width: int, dtype: str, tiling: bool, direction: str) -> int:
-    """Bytes of a VAE decode/encode: elements-per-pixel (measured, VAE_ELEMENTS_PER_PIXEL) x pixels x dtype.
-    With tiling only one tile is in flight (plus the output image being assembled)."""
-    per_pixel = VAE_ELEMENTS_PER_PIXEL.get(inv.class_name, VAE_DEFAULT_ELEMENTS_PER_PIXEL)[direction]
+    """Bytes of a VAE decode/encode: measured elements per pixel and channel (VAE_ELEMENTS_PER_PIXEL_PER_CHANNEL)
+    x full-resolution channels x pixels x dtype. With tiling, one tile is in flight (at VAE_TILE_OVERHEAD) plus
+    the decoded tiles and the blended output."""
+    table = VAE_ELEMENTS_PER_PIXEL_PER_CHANNEL.get(inv.class_name, VAE_ELEMENTS_PER_PIXEL_PER_CHANNEL["AutoencoderKLQwenImage"])
+    per_pixel = table[direction] * vae_width(inv)
     pixels = height * width
-    if not tiling:
-        return int(per_pixel * pixels * DTYPE_BYTES[dtype])
     side = vae_tile_side(inv)
-    elements = per_pixel * min(pixels, side * side) + VAE_TILED_OUTPUT_ELEMENTS_PER_PIXEL * pixels
+    if not tiling or pixels <= side * side:  # small enough: the VAE does not tile
+        return int(per_pixel * pixels * DTYPE_BYTES[dtype])
+    elements = per_pixel * VAE_TILE_OVERHEAD * side * side + VAE_TILED_OUTPUT_ELEMENTS_PER_PIXEL * pixels
     return int(elements * DTYPE_BYTES[dtype])
 
 
@@ -681,6 +718,11 @@ class StagePlan:
 
 @dataclass(frozen=True)
 class MemoryPlan:
+    """Per-stage predictions for one model, profile and image size. What callers rely on: `stages[name].peak_bytes`
+    / `.fits` / `.peak(device)`, `fits`, `peak_gpu_bytes`, `verdict()`, `leaner_profile_hint()`, `to_dict()`
+    (every number, JSON-ready) and, for a sharded transformer, `device_map` (module name -> GPU index, accelerate's
+    format: pass it to `from_pretrained(device_map=...)` / `dispatch_model` to get exactly the planned split)."""
+
     model: str
     family: str
     profile: Profile
@@ -692,7 +734,7 @@ class MemoryPlan:
     components: dict[str, ComponentPlan]
     stages: dict[str, StagePlan]
     transformer_forwards: int
-    device_map: dict[str, str]
+    device_map: dict[str, int]
     phase_plan: dict
     options: dict = field(default_factory=dict)
 
@@ -722,10 +764,9 @@ class MemoryPlan:
         if self.fits:
             worst = max(self.stages.values(), key=lambda s: s.peak_bytes)
             ram = max(self.stages.values(), key=lambda s: s.ram_bytes)
-            where = "RAM" if self.profile.device == "cpu" else "GPU"
-            return (
-                f"fits: peak {_gib(worst.peak_bytes)} {where} in {worst.name}, {_gib(ram.ram_bytes)} RAM in {ram.name}."
-            )
+            if self.profile.device == "cpu":
+                return f"fits: peak {_gib(ram.ram_bytes)} RAM in {ram.name}."
+            return f"fits: peak {_gib(worst.peak_bytes)} GPU in {worst.name}, {_gib(ram.ram_bytes)} RAM in {ram.name}."
         lines = []
         for stage, device, predicted, available in self.failures():
             what = "system RAM" if device == "cpu" else device
@@ -745,7 +786,8 @@ class MemoryPlan:
                 continue
             if (other.min_compute_capability or 0) > (here.min_compute_capability or 0) or other.num_gpus > here.num_gpus:
                 continue
-            candidate = plan(self.model, other, self.height, self.width, **self.options)
+            options = dict(self.options, num_gpus=None)  # the candidate uses its own GPU count
+            candidate = plan(self.model, other, self.height, self.width, **options)
             if candidate.peak_gpu_bytes >= self.peak_gpu_bytes:
                 continue
             key = (candidate.peak_gpu_bytes, other.gpu_memory_gb or 0)
@@ -758,16 +800,19 @@ class MemoryPlan:
     def traffic_bytes_per_image(self) -> int:
         """Weight bytes moved per generated image: a proxy for what offloading costs in time.
 
-        group_offload streams its weights every transformer forward; model_offload / evict_after_use move (or
-        reload) them once per image; work placed on the CPU counts CPU_PLACEMENT_TRAFFIC_FACTOR times.
+        group_offload streams its weights every transformer forward; model_offload moves them once per image;
+        evict_after_use reads the checkpoint from disk again (its unquantized size, whatever the quantization);
+        work placed on the CPU counts CPU_PLACEMENT_TRAFFIC_FACTOR times.
         """
         total = 0
         for comp in self.components.values():
             weights = comp.bytes + comp.adapter_bytes
             if comp.placement == "group_offload":
                 total += weights * (self.transformer_forwards if comp.name == "transformer" else 1)
-            elif comp.placement in ("model_offload", "evict_after_use"):
+            elif comp.placement == "model_offload":
                 total += weights
+            elif comp.placement == "evict_after_use":
+                total += comp.full_precision_bytes
             elif comp.placement == "cpu" and self.profile.device != "cpu":
                 total += weights * CPU_PLACEMENT_TRAFFIC_FACTOR
         return total
@@ -826,6 +871,12 @@ class MemoryPlan:
                     f"{_gib(stage.overhead.get(device, 0)):>10} {_gib(stage.peak(device)):>10} "
                     f"{_gib(stage.budget.get(device, 0)):>10}  {'yes' if stage.fits_on(device) else 'NO'}"
                 )
+        notes: dict[str, list[str]] = {}
+        for stage in self.stages.values():
+            for note in stage.notes:
+                notes.setdefault(note, []).append(stage.name)
+        if notes:
+            lines += ["", "Notes:"] + [f"  {'/'.join(stages)}: {note}" for note, stages in notes.items()]
         gpu_peak = "" if p.device == "cpu" else f"{_gib(self.peak_gpu_bytes)} per GPU, "
         lines += ["", f"Peak over the run (max over stages, never the sum): {gpu_peak}{_gib(self.peak_ram_bytes)} RAM.",
                   "Verdict: " + self.verdict()]  # fmt: skip
@@ -977,9 +1028,10 @@ def _active_weights(ctx: _Ctx, name: str, weights: dict[str, int], streamed: dic
     return device, min(LOAD_SHARD_BYTES, total) if reload else 0
 
 
-def _overheads(ctx: _Ctx, devices: Iterable[str], extra_ram: int = 0) -> dict[str, int]:
+def _overheads(devices: Iterable[str], extra_ram: int = 0) -> dict[str, int]:
+    """CUDA context on every GPU in use; the process baseline (+ a shard being loaded) in RAM."""
     overhead = {d: CUDA_CONTEXT_BYTES for d in devices if d != "cpu"}
-    overhead["cpu"] = RAM_BASELINE_BYTES + extra_ram
+    overhead["cpu"] = RAM_BASELINE_BYTES["cuda" if overhead else "cpu"] + extra_ram
     return overhead
 
 
@@ -1006,7 +1058,7 @@ def _stage(ctx: _Ctx, name: str, active: tuple[str, ...], activations_by_compone
     for device, value in ram.items():
         _add(weights, device, value)
     used = set(ctx.gpus()) & (set(weights) | set(streamed) | set(activations))
-    overhead = _overheads(ctx, used or ctx.gpus()[:1], extra_ram=loading)
+    overhead = _overheads(used or ctx.gpus()[:1], extra_ram=loading)
     return StagePlan(name, active, weights, streamed, activations, overhead, ctx.budget(), tuple(notes))
 
 
@@ -1035,11 +1087,11 @@ def _train_stage(ctx: _Ctx, inv: Inventory, tokens: Tokens, lora_params: int, ml
     acts = transformer_training_activations(inv, tokens, batch, dtype, mlp_ratio, training.gradient_checkpointing)
     acts += _dequant_transient(ctx, "transformer", dtype, training.base_quantization)
     activations = {device: int(acts * ACTIVATION_SLACK)}
-    overhead = _overheads(ctx, [device] if device != "cpu" else [], extra_ram=LOAD_SHARD_BYTES if device != "cpu" else 0)
+    overhead = _overheads([device] if device != "cpu" else [], extra_ram=LOAD_SHARD_BYTES if device != "cpu" else 0)
     if ram_held:
         _add(weights, "cpu", ram_held)
     notes = (
-        f"LoRA rank trainable params {lora_params:,}: fp32 weights + grads + {training.optimizer} state = {_gib(trainable)}",
+        f"{lora_params:,} trainable LoRA parameters: fp32 weights + grads + {training.optimizer} state = {_gib(trainable)}",
         f"frozen base {training.base_quantization} in {dtype}: {_gib(base)}"
         + (" streamed block by block" if training.block_offload else " resident"),
     )
@@ -1118,7 +1170,8 @@ def plan(
     tpolicy = profile.component("transformer")
     compute = profile.compute_dtype
     transformer_acts = int(
-        (transformer_inference_activations(transformer, tokens["generate"], batch, compute, shapes.mlp_ratio)
+        (transformer_inference_activations(transformer, tokens["generate"], batch, compute, shapes.mlp_ratio,
+                                           attention_mask=shapes.masked_batched_attention and batch > 1)
          + _dequant_transient(ctx, "transformer", compute, tpolicy.quantization)) * ACTIVATION_SLACK
     )  # fmt: skip
     text_names = tuple(n for n in inventories if n.startswith("text_encoder"))
@@ -1133,7 +1186,7 @@ def plan(
     vae_decode = int(vae_activations(inventories["vae"], height, width, vae_policy.dtype, vae_policy.tiling, "decode") * ACTIVATION_SLACK)
 
     # ---- sharding (multi-GPU): split the transformer blocks across GPUs by what each GPU has left
-    device_map: dict[str, str] = {}
+    device_map: dict[str, int] = {}
     if tpolicy.placement == "sharded":
         ctx.shard_of, device_map = _shard_plan(ctx, {"transformer": transformer_acts, "vae": vae_decode, **text_acts})
 
@@ -1141,13 +1194,19 @@ def plan(
     denoise = ("transformer",)
     denoise_acts = {"transformer": transformer_acts}
     notes = [f"{tokens['generate'].total} tokens x batch {batch}; {forwards} transformer forwards per image"]
+    if shapes.masked_batched_attention and batch > 1:
+        mask = batch * int(transformer.config["num_attention_heads"]) * tokens["generate"].total ** 2 * DTYPE_BYTES[compute]
+        notes.append(
+            f"batched CFG with a padding mask: SDPA expands it to a {_gib(mask)} attention bias per call "
+            "(none when prompt and negative prompt have the same length, or with batch_cfg: false)"
+        )
     if shapes.condition_image_area:
         side = int(math.sqrt(shapes.condition_image_area))
         denoise = ("transformer", "vae")
         denoise_acts["vae"] = int(vae_activations(inventories["vae"], side, side, vae_policy.dtype, vae_policy.tiling, "encode") * ACTIVATION_SLACK)
         notes.append("edit: the VAE encodes the condition image in this stage")
     stages = {
-        "text_encode": _stage(ctx, "text_encode", text_names, text_acts, [f"{gen_text} prompt tokens"]),
+        "text_encode": _stage(ctx, "text_encode", text_names, text_acts, [f"{gen_text} prompt tokens per prompt"]),
         "slow_phase": _stage(ctx, "slow_phase", denoise, denoise_acts, notes),
         "fast_phase": _stage(ctx, "fast_phase", denoise, denoise_acts, notes),
         "vae_decode": _stage(ctx, "vae_decode", ("vae",), {"vae": vae_decode}),
@@ -1168,7 +1227,7 @@ def plan(
     )  # fmt: skip
 
 
-def _shard_plan(ctx: _Ctx, activations: dict[str, int]) -> tuple[dict[int, str], dict[str, str]]:
+def _shard_plan(ctx: _Ctx, activations: dict[str, int]) -> tuple[dict[int, str], dict[str, int]]:
     """Block -> GPU for a sharded transformer, and the matching accelerate device map.
 
     Each GPU's share is what is left after the CUDA context, the components resident on it, and its worst moment
@@ -1193,8 +1252,11 @@ def _shard_plan(ctx: _Ctx, activations: dict[str, int]) -> tuple[dict[int, str],
         budgets.append(left - (comp.outside_blocks_bytes if index == 0 else 0))
     assignment = shard_blocks(list(comp.block_bytes), budgets)
     shard_of = {i: gpus[g] for i, g in enumerate(assignment)}
-    device_map = {inv.blocks[i]: gpu for i, gpu in shard_of.items()}
-    device_map[""] = gpus[0]  # everything outside the blocks
+    # accelerate's format (as infer_auto_device_map returns it): module name -> GPU index, covering every
+    # parameter once; modules outside the repeated blocks go to GPU 0.
+    outside = dict.fromkeys(layer.name.split(".")[0] for layer in inv.layers if layer.block is None)
+    device_map = {name: 0 for name in outside}
+    device_map.update({inv.blocks[i]: g for i, g in enumerate(assignment)})
     return shard_of, device_map
 
 

@@ -487,8 +487,9 @@ def select_profile(
         return profile, (
             f"Picked '{profile.name}' ({profile.description}) for {hardware.describe()}: its plan for {model} at "
             f"{width}x{height} peaks at {mp.peak_gpu_bytes / 2**30:.1f} GiB per GPU and "
-            f"{mp.peak_ram_bytes / 2**30:.1f} GiB RAM, and it moves the fewest weight bytes per image"
-            + (f" of the {others + 1} profiles that fit." if others else ", the only profile that fits.")
+            f"{mp.peak_ram_bytes / 2**30:.1f} GiB RAM and it moves {mp.traffic_bytes_per_image / 2**30:.0f} GiB of "
+            "weights per image"
+            + (f", the fastest of the {others + 1} profiles that fit." if others else "; it is the only profile that fits.")
         )
     if not candidates:
         cpu = next(p for p in profiles if p.device == "cpu")

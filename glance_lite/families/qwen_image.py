@@ -73,7 +73,11 @@ class QwenImageFamily(ModelFamily):
             m = torch.ones(e.shape[:2], dtype=torch.long, device=e.device) if m is None else m
             embeds.append(torch.nn.functional.pad(e, (0, 0, 0, length - e.shape[1])))
             masks.append(torch.nn.functional.pad(m, (0, length - m.shape[1])))
-        return {"prompt_embeds": torch.cat(embeds), "prompt_embeds_mask": torch.cat(masks)}
+        mask = torch.cat(masks)
+        batched = {"prompt_embeds": torch.cat(embeds)}
+        if not mask.all():  # an all-ones mask would only make attention build a bias it does not need
+            batched["prompt_embeds_mask"] = mask
+        return batched
 
     def batched_state(self, state):
         extra = dict(state.extra, img_shapes=state.extra["img_shapes"] * 2)

@@ -1,0 +1,207 @@
+"""Hardware profiles: the built-in ones are valid and say what their hardware needs; a broken profile file is
+refused with a message naming the file and the field; `auto` picks the right profile for a machine."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from glance_lite.profiles import (
+    COMPONENT_ROLES,
+    Hardware,
+    Profile,
+    ProfileError,
+    list_profiles,
+    load_profile,
+    select_profile,
+)
+
+GiB = 2**30
+BUILTIN = {"4090", "16gb", "12gb", "8gb", "v100-32gb", "v100-16gb", "multi-gpu", "a100-80gb", "cpu"}
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def write_profile(tmp_path, edit, base="4090", name="foo.yaml") -> Path:
+    """A copy of a built-in profile with `edit(data)` applied, saved as a user file."""
+    data = yaml.safe_load((PROFILES_DIR / f"{base}.yaml").read_text())
+    edit(data)
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+# ---- the built-in profiles ---------------------------------------------------------------------------------------
+def test_every_builtin_profile_loads_and_is_named_after_its_file():
+    assert set(list_profiles()) == BUILTIN
+    for name in list_profiles():
+        profile = load_profile(name)
+        assert profile.name == name
+        assert set(profile.components) == set(COMPONENT_ROLES)
+        assert profile.description and "\n" not in profile.description
+
+
+def test_profiles_are_frozen_plain_data():
+    profile = load_profile("4090")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        profile.gpu_memory_gb = 80
+    with pytest.raises(TypeError):
+        profile.components["transformer"] = profile.components["vae"]
+    assert profile.component("text_encoder_2") == profile.components["text_encoder"]  # FLUX's T5 follows the TE policy
+    assert load_profile("4090") == profile
+    assert dataclasses.replace(profile, gpu_memory_gb=12).gpu_memory_bytes == 12 * GiB
+
+
+def test_v100_profiles_compute_in_float16_because_sm70_has_no_bfloat16():
+    for name in ("v100-32gb", "v100-16gb"):
+        profile = load_profile(name)
+        assert profile.compute_dtype == "float16" and profile.min_compute_capability == 7.0
+        assert profile.training.mixed_precision == "fp16"
+        assert all(policy.dtype != "bfloat16" for policy in profile.components.values())
+
+
+def test_a100_keeps_everything_resident_in_bf16_and_cpu_quantizes_nothing():
+    a100 = load_profile("a100-80gb")
+    assert all(p.placement == "resident" and p.quantization == "none" and p.dtype == "bfloat16" for p in a100.components.values())
+    cpu = load_profile("cpu")
+    assert cpu.device == "cpu" and cpu.gpu_memory_gb is None and cpu.num_gpus == 0
+    assert all(p.placement == "cpu" and p.quantization == "none" and p.dtype == "float32" for p in cpu.components.values())
+
+
+def test_multi_gpu_shards_the_transformer_and_puts_the_text_encoder_on_another_gpu():
+    profile = load_profile("multi-gpu")
+    assert profile.num_gpus >= 2
+    assert profile.components["transformer"].placement == "sharded"
+    assert profile.components["text_encoder"].gpu == 1
+
+
+def test_a_profile_file_given_by_path_loads(tmp_path):
+    path = write_profile(tmp_path, lambda d: d.update(name="my-card", gpu_memory_gb=20))
+    profile = load_profile(str(path))
+    assert profile.name == "my-card" and profile.gpu_memory_gb == 20.0 and profile.source == str(path)
+
+
+# ---- strict validation -------------------------------------------------------------------------------------------
+def test_unknown_key_names_the_file_the_dotted_field_and_a_suggestion(tmp_path):
+    def typo(d):
+        d["components"]["transformer"]["placment"] = d["components"]["transformer"].pop("placement")
+
+    path = write_profile(tmp_path, typo)
+    with pytest.raises(ProfileError) as err:
+        load_profile(str(path))
+    message = str(err.value)
+    assert f"{path}: unknown key 'components.transformer.placment' (did you mean 'placement'?)" in message
+    assert "missing required key 'components.transformer.placement'" in message
+
+
+def test_bad_value_lists_the_allowed_values(tmp_path):
+    path = write_profile(tmp_path, lambda d: d["components"]["transformer"].update(quantization="int3"))
+    with pytest.raises(ProfileError, match=r"components\.transformer\.quantization = 'int3' is not one of none, bnb-nf4, "):
+        load_profile(str(path))
+
+
+@pytest.mark.parametrize(
+    "edit, expected",
+    [
+        (lambda d: d.update(gpu_memory_gb="24"), r"gpu_memory_gb = '24' has the wrong type: expected an integer or a number"),
+        (lambda d: d.update(batch_cfg="yes"), r"batch_cfg = 'yes' has the wrong type: expected true/false"),
+        (lambda d: d["training"].update(block_offload=1), r"training\.block_offload = 1 has the wrong type"),
+        (lambda d: d.update(num_gpus=True), r"num_gpus = True has the wrong type: expected an integer"),
+        (lambda d: d["components"].update(vae="resident"), r"components\.vae = 'resident' has the wrong type: expected a mapping"),
+    ],
+)
+def test_wrong_type_names_the_field(tmp_path, edit, expected):
+    with pytest.raises(ProfileError, match=expected):
+        load_profile(str(write_profile(tmp_path, edit)))
+
+
+def test_missing_required_key_is_reported(tmp_path):
+    path = write_profile(tmp_path, lambda d: d.pop("system_ram_gb"))
+    with pytest.raises(ProfileError, match=r"foo\.yaml: missing required key 'system_ram_gb'"):
+        load_profile(str(path))
+    path = write_profile(tmp_path, lambda d: d["components"].pop("vae"), name="bar.yaml")
+    with pytest.raises(ProfileError, match=r"missing required key 'components\.vae'"):
+        load_profile(str(path))
+
+
+@pytest.mark.parametrize(
+    "base, edit, expected",
+    [
+        ("4090", lambda d: d.update(min_compute_capability=7.0), r"bfloat16 needs compute capability >= 8"),
+        ("4090", lambda d: d["components"]["transformer"].pop("blocks_per_group"), r"blocks_per_group is required when placement is group_offload"),
+        ("4090", lambda d: d["components"]["text_encoder"].update(blocks_per_group=2), r"components\.text_encoder\.blocks_per_group only applies to placement group_offload"),
+        ("4090", lambda d: d["components"]["transformer"].update(placement="sharded"), r"'sharded' needs num_gpus >= 2"),
+        ("4090", lambda d: d["components"]["text_encoder"].update(tiling=True), r"components\.text_encoder\.tiling only applies to the vae"),
+        ("4090", lambda d: d["training"].pop("blocks_per_group"), r"training\.blocks_per_group is required"),
+        ("cpu", lambda d: d["components"]["transformer"].update(quantization="bnb-nf4"), r"needs a CUDA GPU"),
+        ("cpu", lambda d: d["components"]["vae"].update(placement="resident"), r"not possible on device cpu"),
+        ("multi-gpu", lambda d: d["components"]["text_encoder"].update(gpu=2), r"components\.text_encoder\.gpu = 2 but the profile has num_gpus = 2"),
+    ],
+)
+def test_inconsistent_settings_are_refused_before_anything_loads(tmp_path, base, edit, expected):
+    with pytest.raises(ProfileError, match=expected):
+        load_profile(str(write_profile(tmp_path, edit, base=base)))
+
+
+def test_unknown_profile_name_lists_the_builtin_ones_and_mentions_yaml_paths():
+    with pytest.raises(ProfileError) as err:
+        load_profile("4080")
+    message = str(err.value)
+    assert "Unknown profile '4080'" in message
+    assert all(name in message for name in BUILTIN)
+    assert "path to a YAML file" in message
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile("no/such/profile.yaml")
+
+
+# ---- auto selection ----------------------------------------------------------------------------------------------
+def gpus(*cards, ram_gb=64):
+    """Fake hardware: cards are (GiB, compute capability); each has 0.5 GiB taken by a desktop."""
+    return Hardware(
+        gpu_names=tuple(f"GPU{i}" for i in range(len(cards))),
+        gpu_total_bytes=tuple(int(gb * GiB) for gb, _ in cards),
+        gpu_free_bytes=tuple(int((gb - 0.5) * GiB) for gb, _ in cards),
+        compute_capabilities=tuple(cc for _, cc in cards),
+        system_ram_bytes=int(ram_gb * GiB),
+    )
+
+
+@pytest.mark.parametrize(
+    "hardware, expected",
+    [
+        (gpus((24, 8.9)), {"4090"}),
+        (gpus((24, 8.6), ram_gb=32), {"4090"}),
+        (gpus((16, 7.0)), {"v100-16gb"}),
+        (gpus((32, 7.0)), {"v100-32gb"}),
+        (gpus((16, 8.9)), {"16gb"}),
+        (gpus((12, 8.6)), {"12gb"}),
+        (gpus((8, 8.6)), {"8gb"}),
+        (gpus((24, 8.9), (24, 8.9)), {"multi-gpu", "4090"}),
+        (gpus((80, 8.0)), {"a100-80gb"}),
+        (gpus((40, 8.0)), {"4090"}),  # bf16-capable: the fp16 V100 profile is not picked although it fits
+        (Hardware(system_ram_bytes=16 * GiB), {"cpu"}),
+    ],
+)
+def test_auto_picks_the_fastest_profile_that_fits(hardware, expected):
+    profile, reason = select_profile("Qwen/Qwen-Image", 1024, 1024, hardware=hardware)
+    assert isinstance(profile, Profile)
+    assert profile.name in expected, reason
+    assert profile.name in reason
+
+
+def test_auto_says_plainly_when_nothing_fits():
+    profile, reason = select_profile("Qwen/Qwen-Image", 1024, 1024, hardware=gpus((4, 8.6)))
+    assert "No profile fits" in reason and profile.name == "8gb"
+    profile, reason = select_profile("Qwen/Qwen-Image", 1024, 1024, hardware=gpus((11, 6.1)))
+    assert profile.name == "cpu" and "compute capability" in reason
+
+
+def test_hardware_detection_without_a_gpu_selects_the_cpu_profile():
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    hardware = Hardware.detect()
+    assert hardware.num_gpus == 0 and hardware.system_ram_bytes > 0
+    profile, reason = select_profile("tiny/qwen-image", 64, 64)
+    assert profile.name == "cpu" and "No CUDA GPU" in reason

@@ -8,10 +8,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["glance_lite", "glance_lite.*"]),
+    packages=find_packages(include=["glance_lite", "glance_lite.*"]) + ["glance_lite.profile_files"],
+    package_dir={"glance_lite.profile_files": "profiles"},  # the repo's profiles/ ships as package data
     include_package_data=True,
-    package_data={"glance_lite": ["configs/*/*.json", "assets/*/*", "profiles/*.yaml"]},
-    # Ranges are the ones tested: torch 2.13 (CPU, CI) and 2.11 (GPU image); the rest as pinned in .ci/constraints.txt.
+    package_data={
+        "glance_lite": ["configs/*/*.json", "assets/*/*", "assets/pocket_qwen_image/*.json", "assets/pocket_qwen_image/*/*"],
+        "glance_lite.profile_files": ["*.yaml"],
+    },
+    # Ranges are the ones tested: torch 2.13 (CPU, CI) and 2.11 (GPU image); the rest as pinned in constraints.txt.
     install_requires=[
         "torch>=2.11,<2.14",
         "diffusers>=0.42.1,<0.43",

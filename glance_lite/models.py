@@ -36,10 +36,11 @@ class ModelSource:
 
 
 def _read_model_index(model_id: str) -> tuple[str, dict]:
+    from .pocket import is_pocket_model_id, pocket_model_path
     from .tiny import is_tiny_model_id, tiny_model_path
 
-    if is_tiny_model_id(model_id):
-        folder = tiny_model_path(model_id)
+    if is_tiny_model_id(model_id) or is_pocket_model_id(model_id):
+        folder = tiny_model_path(model_id) if is_tiny_model_id(model_id) else pocket_model_path(model_id)
         return str(folder), json.loads((folder / "model_index.json").read_text())
     folder = Path(model_id).expanduser()
     if folder.is_dir():
@@ -51,9 +52,11 @@ def _read_model_index(model_id: str) -> tuple[str, dict]:
             )
         return str(folder), json.loads(index.read_text())
     if model_id.startswith(("tiny/", "pocket/")):
+        from .pocket import POCKET_MODEL_IDS
         from .tiny import TINY_MODEL_IDS
 
-        raise ValueError(f"Unknown embedded model {model_id!r}. Embedded models: {', '.join(TINY_MODEL_IDS)}.")
+        known = ", ".join(TINY_MODEL_IDS + tuple(POCKET_MODEL_IDS))
+        raise ValueError(f"Unknown embedded model {model_id!r}. Embedded models: {known}.")
     return model_id, _hub_model_index(model_id)
 
 

@@ -29,17 +29,26 @@ class SamplingResult:
     switch_seconds: dict[str, float] = field(default_factory=dict)
 
 
+_UNKNOWN = object()
+
+
 def use_adapter(transformer, adapter: str | None) -> None:
-    """Make `adapter` the only active LoRA (None: the plain base model). Cheap: flips flags, moves no weights."""
+    """Make `adapter` the only active LoRA (None: the plain base model). Cheap: flips flags, moves no weights.
+
+    Re-enabling adapters walks every layer, so it is done only when coming back from the plain base model.
+    """
     if not getattr(transformer, "peft_config", None):
         if adapter is not None:
             raise ValueError(f"Adapter {adapter!r} was requested but the transformer has no adapters loaded.")
         return
+    previous = getattr(transformer, "_glance_active_adapter", _UNKNOWN)
     if adapter is None:
         transformer.disable_adapters()
     else:
-        transformer.enable_adapters()
+        if previous is None or previous is _UNKNOWN:
+            transformer.enable_adapters()
         transformer.set_adapters([adapter])
+    transformer._glance_active_adapter = adapter
 
 
 def euler_step(latents: torch.Tensor, velocity: torch.Tensor, step: Step) -> torch.Tensor:

@@ -1,0 +1,998 @@
+"""Train Glance's Slow-LoRA and Fast-LoRA: `python -m glance_lite.train` and `glance_lite.train(...)`.
+
+    python -m glance_lite.train --profile 4090 --model Qwen/Qwen-Image --data DIR --phase both --output OUT
+    python -m glance_lite.train --model tiny/qwen-image --data DIR --output OUT --profile cpu --config my.yaml
+    python -m glance_lite.train --model black-forest-labs/FLUX.1-dev --print-config   # the keys and defaults
+    accelerate launch -m glance_lite.train ...                                        # several GPUs (DDP)
+
+Glance trains each adapter on ONE image–caption pair, only at the timesteps its phase samples at: the Slow-LoRA
+at the 5 early timesteps, the Fast-LoRA at the 5 late ones (reference notes §1, §4). A run, end to end:
+
+  1. checks (no model loaded yet): the config, then the dataset -- every problem listed at once;
+  2. encode: text embeddings (caption and empty caption) and VAE latents, cached on disk keyed by content and
+     model, so re-runs and the second phase load no text encoder or VAE at all; both are evicted afterwards;
+  3. the transformer is loaded once, frozen, quantized as the profile's `training.base_quantization` says,
+     with gradient checkpointing and, if `training.block_offload`, block streaming (`streaming.py`); one LoRA per
+     phase is added before placement, each from its own seed (the fast one does not depend on the slow run);
+  4. `train_phase` per phase: the loop below; atomic checkpoints every `checkpoint_every` steps, so re-running the
+     same command after a crash or kill -9 resumes where the last checkpoint left off, bit for bit;
+  5. OUT/slow.safetensors and OUT/fast.safetensors: diffusers LoRA files with their alpha in the metadata, loaded at
+     the trained scale by `glance_lite.load(..., slow_lora=, fast_lora=)` and by `pipe.load_lora_weights`.
+
+Timesteps: by default (`timesteps: consistent`) each phase trains at the TRUE schedule timesteps of the training
+resolution, the ones `glance_lite.generate` samples at in its default consistent mode. The reference trainer
+hard-codes the 1024x1024 values rounded to bfloat16 whatever the resolution (`timesteps: reference`, matching the
+`--mode reference` sampler); at 1024x1024 both agree to within bf16 rounding. An explicit list also works.
+
+Several processes (`accelerate launch`, torchrun): accelerate places each process on its GPU and DDP averages the
+LoRA gradients (each process draws its own timesteps and noise: an effective batch of N); only the main process
+writes files. Checkpoints hold every process's sampler state, so a resume needs the same number of processes.
+
+Output folder: slow.safetensors, fast.safetensors (final adapters), {phase}_loss.csv / .png (loss log and curve),
+train_config.yaml (the resolved config), checkpoints/{phase}/step-NNNNNN/, cache/ (embeddings, latents).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .data import DEFAULT_MIN_SIZE, DatasetError, EmbeddingCache, Sample, file_digest, validate_dataset
+
+PHASES = ("slow", "fast")
+TIMESTEP_MODES = ("consistent", "reference")
+# Config keys that do not change what is trained (a resumed run may change them).
+_BOOKKEEPING_KEYS = ("checkpoint_every", "keep_checkpoints", "cache_dir")
+# Added to the seed so each phase's LoRA init and step sampling differ, and do not depend on which phases run.
+_PHASE_SEED = {"slow": 0, "fast": 1_000_003}
+_EVAL_SEED = 7_777
+KILL_ENV = "GLANCE_LITE_TEST_KILL_AT_STEP"
+
+
+# ==== configuration ===============================================================================================
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run may change. Defaults: the family's reference recipe (`family.recipe`) and, for the keys the
+    reference notes leave open, the values of the trainer the reference builds on (AdamW betas, decay, clipping).
+
+    `optimizer: null` means the profile's choice (8-bit AdamW on small GPUs); `min_image_size: null` means
+    min(256, resolution); `condition_area: null` the edit family's stock ~1024x1024 condition size.
+    """
+
+    rank: int
+    alpha: float
+    learning_rate: float
+    warmup_steps: int
+    steps: int
+    caption_dropout: float
+    resolution: int
+    seed: int = 0
+    timesteps: Any = "consistent"
+    slow_steps: tuple[int, ...] | None = None
+    fast_steps: tuple[int, ...] | None = None
+    optimizer: str | None = None
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.01
+    max_grad_norm: float | None = 1.0
+    checkpoint_every: int = 20
+    keep_checkpoints: int = 2
+    min_image_size: int | None = None
+    condition_area: int | None = None
+    cache_dir: str | None = None
+
+    @classmethod
+    def for_family(cls, family, overrides: dict | None = None) -> "TrainConfig":
+        """The family's recipe with `overrides` applied; unknown keys and bad values fail with a clear message."""
+        recipe = dataclasses.asdict(family.recipe)
+        recipe.pop("optimizer")  # the profile picks the optimizer (memory), a config may override it
+        overrides = dict(overrides or {})
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in overrides if k not in known]
+        if unknown:
+            hints = {"lr": "learning_rate", "max_train_steps": "steps", "caption_dropout_rate": "caption_dropout",
+                     "img_size": "resolution", "lora_alpha": "alpha", "r": "rank"}  # fmt: skip
+            lines = []
+            for key in unknown:
+                guess = hints.get(key) or next(iter(difflib.get_close_matches(key, known, n=1)), None)
+                lines.append(f"unknown config key {key!r}" + (f" (did you mean {guess!r}?)" if guess else ""))
+            raise ValueError("; ".join(lines) + f". Known keys: {', '.join(known)}.")
+        config = cls(**{**recipe, **overrides})._checked()
+        split = config.split(family)  # bad slow_steps / fast_steps fail here, not after encoding
+        return dataclasses.replace(config, slow_steps=split.slow, fast_steps=split.fast)
+
+    def _checked(self) -> "TrainConfig":
+        def number(name, kind=float, minimum=None, maximum=None, optional=False):
+            value = getattr(self, name)
+            if value is None and optional:
+                return None
+            try:
+                value = kind(value) if not isinstance(value, bool) else None
+            except (TypeError, ValueError):
+                value = None
+            if value is None or (kind is int and float(getattr(self, name)) != value):
+                raise ValueError(f"config {name} = {getattr(self, name)!r} must be {'an integer' if kind is int else 'a number'}.")
+            if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+                raise ValueError(f"config {name} = {value!r} must lie in [{minimum}, {maximum if maximum is not None else 'inf'}].")
+            return value
+
+        values = {
+            "rank": number("rank", int, 1), "alpha": _int_if_whole(number("alpha", float, 1e-9)), "steps": number("steps", int, 1),
+            "learning_rate": number("learning_rate", float, 0), "warmup_steps": number("warmup_steps", int, 0),
+            "caption_dropout": number("caption_dropout", float, 0, 0.99), "resolution": number("resolution", int, 32),
+            "seed": number("seed", int, 0), "adam_epsilon": number("adam_epsilon", float, 0),
+            "weight_decay": number("weight_decay", float, 0), "checkpoint_every": number("checkpoint_every", int, 1),
+            "keep_checkpoints": number("keep_checkpoints", int, 1),
+            "max_grad_norm": number("max_grad_norm", float, 0, optional=True),
+            "min_image_size": number("min_image_size", int, 1, optional=True),
+            "condition_area": number("condition_area", int, 32 * 32, optional=True),
+        }  # fmt: skip
+        if values["resolution"] % 32:
+            raise ValueError(f"config resolution = {values['resolution']} must be a multiple of 32 (long side in pixels).")
+        if self.optimizer not in (None, "adamw", "adamw8bit"):
+            raise ValueError(f"config optimizer = {self.optimizer!r}: choose adamw8bit, adamw, or null (the profile's).")
+        betas = tuple(float(b) for b in self.adam_betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"config adam_betas = {self.adam_betas!r} must be two numbers in [0, 1).")
+        steps = {k: None if getattr(self, k) is None else tuple(int(i) for i in getattr(self, k)) for k in ("slow_steps", "fast_steps")}
+        return dataclasses.replace(self, **values, adam_betas=betas, timesteps=_checked_timesteps(self.timesteps), **steps)
+
+    def split(self, family):
+        from .schedule import PhaseSplit
+
+        default = family.default_split
+        return PhaseSplit(self.slow_steps or default.slow, self.fast_steps or default.fast, default.dense_steps)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+def _int_if_whole(value: float):
+    return int(value) if float(value).is_integer() else value
+
+
+def _checked_timesteps(value):
+    """'consistent' | 'reference' | [t, ...] (one phase) | {slow: [...], fast: [...]}, each t in (0, 1000]."""
+    if isinstance(value, str):
+        if value not in TIMESTEP_MODES:
+            raise ValueError(f"config timesteps = {value!r}: choose consistent, reference, a list, or {{slow: [...], fast: [...]}}.")
+        return value
+
+    def as_list(items, where):
+        try:
+            ts = [float(t) for t in items]
+        except (TypeError, ValueError):
+            raise ValueError(f"config {where} must be a list of numbers (0..1000), got {items!r}.") from None
+        if not ts or not all(0 < t <= 1000 for t in ts):
+            raise ValueError(f"config {where} = {items!r}: give at least one timestep, each in (0, 1000].")
+        return ts
+
+    if isinstance(value, dict):
+        bad = [k for k in value if k not in PHASES]
+        if bad:
+            raise ValueError(f"config timesteps has unknown phase(s) {bad}: use slow and/or fast.")
+        return {k: as_list(v, f"timesteps.{k}") for k, v in value.items()}
+    return as_list(value, "timesteps")
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A YAML mapping of config keys (see `TrainConfig`; `python -m glance_lite.train --print-config`)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a training config must be a YAML mapping of key: value.")
+    # YAML 1.1 reads 3e-4 as a string; numbers written that way are meant as numbers.
+    return {k: _yaml_number(v) for k, v in data.items()}
+
+
+def _yaml_number(value):
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+# ==== results ======================================================================================================
+@dataclass
+class PhaseResult:
+    """What one adapter's training did. `eval_loss_*`: the flow-matching loss at every phase timestep with fixed
+    noise (a noise-free measure of progress, unlike the per-step loss of one random timestep)."""
+
+    phase: str
+    adapter: Path
+    steps: int
+    timesteps: list[float]
+    losses: list[float]
+    resumed_from: int = 0
+    already_done: bool = False
+    eval_loss_before: float | None = None
+    eval_loss_after: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    model: str
+    output: Path
+    profile: str
+    config: TrainConfig
+    phases: dict[str, PhaseResult]
+    captions: list[str]
+    sizes: list[tuple[int, int]]  # (height, width) of each sample
+    targets: list[torch.Tensor]  # each sample's clean packed latent, as the transformer sees it
+    control_images: list[Path | None] = field(default_factory=list)
+    stages: list = field(default_factory=list)  # memory.StageRecord per stage (encode, train_slow, ...)
+
+    @property
+    def adapters(self) -> dict[str, Path]:
+        """Every adapter file present in the output folder (also ones from an earlier run of the other phase)."""
+        return {p: self.output / f"{p}.safetensors" for p in PHASES if (self.output / f"{p}.safetensors").is_file()}
+
+    def generate_command(self) -> str:
+        """The `python -m glance_lite.generate` call that samples the first training caption with these adapters."""
+        height, width = self.sizes[0]
+        parts = ["python", "-m", "glance_lite.generate", "--model", self.model]
+        for phase, path in self.adapters.items():
+            parts += [f"--{phase}-lora", str(path)]
+        parts += ["--prompt", self.captions[0], "--height", str(height), "--width", str(width), "--profile", self.profile]
+        if self.control_images and self.control_images[0] is not None:
+            parts += ["--image", str(self.control_images[0])]
+        if self.config.timesteps == "reference":
+            parts += ["--mode", "reference"]
+        return shlex.join(parts + ["--out", "glance.png"])
+
+
+# ==== the training run ============================================================================================
+@dataclass
+class TrainingExample:
+    """One sample, encoded: what every training step of it needs, already on the training device."""
+
+    caption: str
+    image_path: Path
+    control_path: Path | None
+    height: int
+    width: int
+    latents: torch.Tensor  # clean packed latent, float32
+    cond: dict
+    empty_cond: dict  # the empty caption: caption dropout
+    condition: tuple | None = None  # edit: (packed control latents, (height, width))
+    state: Any = None  # family LatentState, once the transformer is loaded
+    timesteps: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class Run:
+    """What the phases of one `train()` call share."""
+
+    model: str
+    config: TrainConfig
+    family: Any
+    profile: Any
+    accelerator: Any
+    manager: Any
+    output: Path
+    examples: list[TrainingExample]
+    fingerprint: str
+    data_digest: str
+    progress: bool
+    verbose: bool
+    transformer: Any = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[self.profile.training.dtype]
+
+    @property
+    def optimizer_name(self) -> str:
+        return self.config.optimizer or self.profile.training.optimizer
+
+    def adapter_path(self, phase: str) -> Path:
+        return self.output / f"{phase}.safetensors"
+
+    def checkpoints(self, phase: str) -> Path:
+        return self.output / "checkpoints" / phase
+
+    def describe(self, phase: str) -> dict:
+        """What decides the trained weights of `phase`; a checkpoint resumes only under the same description."""
+        config = {k: v for k, v in self.config.to_dict().items() if k not in _BOOKKEEPING_KEYS}
+        training = dataclasses.asdict(self.profile.training)
+        return {"phase": phase, "model": self.fingerprint, "data": self.data_digest, "optimizer": self.optimizer_name,
+                "processes": self.accelerator.num_processes, "timesteps": [e.timesteps[phase] for e in self.examples],
+                **{f"config.{k}": v for k, v in config.items()}, **{f"profile.training.{k}": v for k, v in training.items()}}  # fmt: skip
+
+    def digest(self, phase: str) -> str:
+        return hashlib.sha256(json.dumps(self.describe(phase), sort_keys=True, default=str).encode()).hexdigest()
+
+    def say(self, text: str) -> None:
+        if self.verbose and self.accelerator.is_main_process:
+            print(text, flush=True)
+
+
+def train(
+    model: str,
+    data: str | Path,
+    output: str | Path,
+    phase: str = "both",
+    profile="auto",
+    config: str | Path | dict | None = None,
+    *,
+    restart: bool = False,
+    progress: bool = True,
+    verbose: bool = True,
+    **overrides,
+) -> TrainResult:
+    """Train the Slow-LoRA, the Fast-LoRA or both (slow first) on the image–caption pairs in `data`.
+
+    `config`: a YAML file or dict of `TrainConfig` keys; keyword `overrides` win over it. Re-running the same call
+    resumes from the newest checkpoint (a finished phase is not retrained); `restart=True` discards checkpoints.
+    Nothing heavy happens before the config and the dataset have been checked. `progress`: tqdm bars; `verbose`:
+    one-line messages (resuming, skipping a finished phase, the summary with the generate command).
+    """
+    phases = _phases(phase)
+    family = _family_without_loading(model)
+    settings = read_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
+    cfg = TrainConfig.for_family(family, {**settings, **overrides})
+    if isinstance(cfg.timesteps, list) and len(phases) > 1:
+        raise ValueError("A plain list of timesteps applies to one phase: train one --phase, or give {slow: [...], fast: [...]}.")
+    if cfg.condition_area is not None and hasattr(family, "condition_area"):
+        family.condition_area = cfg.condition_area
+    min_size = cfg.min_image_size or min(DEFAULT_MIN_SIZE, cfg.resolution)
+    samples = validate_dataset(data, edit=family.needs_condition_image, min_size=min_size)
+
+    run = _start_run(model, family, cfg, samples, Path(output), profile, progress, verbose, restart, phases)
+    try:
+        results = _train_phases(run, phases)
+    finally:
+        run.manager.tracker.close()
+    profile_label = profile if isinstance(profile, str) and profile != "auto" else run.profile.name
+    result = TrainResult(
+        model, run.output, profile_label, cfg, results,
+        [e.caption for e in run.examples], [(e.height, e.width) for e in run.examples],
+        [e.latents.detach().cpu() for e in run.examples], [e.control_path for e in run.examples], list(run.manager.tracker.records),
+    )  # fmt: skip
+    run.say(_summary(result))
+    return result
+
+
+def _train_phases(run: Run, phases) -> dict[str, PhaseResult]:
+    """Load the transformer once (only if some phase still needs training), then train each phase in order."""
+    todo = [p for p in phases if not _phase_done(run, p)]
+    if todo:
+        run.manager.on_load("transformer", lambda module: _prepare_transformer(module, run, todo))
+        run.transformer = run.manager.bring("transformer")
+        for e in run.examples:
+            e.state = run.family.training_state(run.manager.pipe, e.latents.to(run.dtype), e.height, e.width, e.condition)
+    results = {}
+    for phase in phases:
+        if phase in todo:
+            with run.manager.tracker.stage(f"train_{phase}"):
+                results[phase] = train_phase(run, phase)
+        else:
+            results[phase] = _finished_phase(run, phase)
+    return results
+
+
+def train_phase(run: Run, phase: str) -> PhaseResult:
+    """The training loop of one adapter: flow-matching MSE at the phase's timesteps, checkpointed, resumable."""
+    cfg, family, accelerator = run.config, run.family, run.accelerator
+    params = _activate_adapter(run.transformer, phase)
+    optimizer = accelerator.prepare_optimizer(_build_optimizer(params, cfg, run.optimizer_name), device_placement=False)
+    lr_scheduler = _build_lr_scheduler(optimizer, cfg)
+    model = accelerator.prepare_model(_only_trainable_for_ddp(run.transformer, accelerator), device_placement=False)
+    sampler = StepSampler(run.examples, phase, cfg.caption_dropout, seed=cfg.seed + _PHASE_SEED[phase] + accelerator.process_index)
+    start, eval_before = _resume(run, phase, optimizer, lr_scheduler, sampler)
+    if start == 0:
+        eval_before = _eval_loss(run, phase)
+    log = LossLog(run.output / f"{phase}_loss.csv", start, enabled=accelerator.is_main_process)
+    started = time.perf_counter()
+    bar = _progress(run, phase, start)
+    for step in range(start, cfg.steps):
+        draw = sampler.draw()
+        sigma = draw.timestep / 1000  # the trainer's sigma of a timestep (reference notes §4)
+        noisy = ((1 - sigma) * draw.latents + sigma * draw.noise).to(run.dtype)
+        target = draw.noise - draw.latents
+        velocity = family.velocity(model, draw.example.state, noisy, family.timestep_tensor(draw.timestep, noisy), draw.cond)
+        loss = F.mse_loss(velocity.float(), target.float())
+        accelerator.backward(loss)
+        if cfg.max_grad_norm:
+            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        log.record(step + 1, loss.item(), lr, draw.timestep)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        bar.update()
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            _save_checkpoint(run, phase, step + 1, optimizer, lr_scheduler, sampler, eval_before)
+        _simulate_kill_for_tests(phase, step + 1)
+    bar.close()
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    accelerator.free_memory()
+    return _finish_phase(run, phase, log, start, eval_before, time.perf_counter() - started)
+
+
+# ==== run setup: checks, profile, encoding ==========================================================================
+def _phases(phase: str) -> tuple[str, ...]:
+    if phase == "both":
+        return PHASES
+    if phase in PHASES:
+        return (phase,)
+    raise ValueError(f"phase must be slow, fast or both, got {phase!r}.")
+
+
+def _family_without_loading(model: str):
+    """The model's family from `model_index.json` alone, so the dataset is checked before any model is built.
+
+    Embedded tiny ids are named after their family (building them on first use would be loading a model).
+    """
+    from .families import family_by_name
+    from .models import resolve_model
+    from .tiny import TINY_MODEL_IDS, is_tiny_model_id
+
+    if is_tiny_model_id(model) and model in TINY_MODEL_IDS:
+        return family_by_name(model.removeprefix("tiny/"))
+    return resolve_model(model).family
+
+
+def _start_run(model, family, cfg, samples, output, profile, progress, verbose, restart, phases) -> Run:
+    """Profile, accelerator, light pipeline, and every sample encoded (from the cache when possible)."""
+    from .manager import ComponentManager
+    from .memory import MemoryTracker
+    from .models import resolve_model
+
+    source = resolve_model(model)
+    resolved = _resolve_profile(profile, model, cfg.resolution)
+    accelerator = _make_accelerator(resolved)
+    resolved = training_profile(resolved, accelerator.device)
+    manager = ComponentManager(source, resolved, tracker=MemoryTracker(torch.device(resolved.device), interval=0.05))
+    output.mkdir(parents=True, exist_ok=True)
+    if restart and accelerator.is_main_process:
+        _discard_previous(output, phases)
+    fingerprint = model_fingerprint(source, resolved)
+    cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else output / "cache", fingerprint)
+    with accelerator.main_process_first():  # one process encodes, the others read its cache entries
+        examples = encode_examples(manager, family, samples, cfg, cache, run_dtype=_dtype(resolved.training.dtype))
+    run = Run(model, cfg, family, resolved, accelerator, manager, output, examples, fingerprint, _data_digest(samples), progress, verbose)
+    for example in examples:
+        example.timesteps = {p: phase_timesteps(run, p, example.height, example.width) for p in PHASES}
+    if accelerator.is_main_process:
+        _write_resolved_config(run)
+    return run
+
+
+def _resolve_profile(profile, model: str, resolution: int):
+    from .api import resolve_profile
+
+    return resolve_profile(profile, model=model, height=resolution, width=resolution)
+
+
+def training_profile(profile, device):
+    """The profile as the trainer holds the transformer: the frozen base in `training.dtype`, quantized as
+    `training.base_quantization` says, resident on the device or, with `training.block_offload`, kept in CPU RAM and
+    streamed block by block by the trainer (`streaming.py`: inference's group offloading does not survive backward).
+    Text encoder and VAE keep their inference policies; they are evicted before the transformer loads anyway."""
+    t = profile.training
+    device = torch.device(device)
+    placement = "cpu" if device.type == "cpu" or t.block_offload else "resident"
+    base = profile.component("transformer")
+    transformer = dataclasses.replace(base, dtype=t.dtype, quantization=t.base_quantization, placement=placement, blocks_per_group=None, use_stream=False)
+    components = {**dict(profile.components), "transformer": transformer}
+    return dataclasses.replace(profile, device=str(device), components=components)
+
+
+def _make_accelerator(profile):
+    """accelerate decides the device of this process (cuda:LOCAL_RANK under `accelerate launch`) and syncs gradients."""
+    from accelerate import Accelerator
+
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"Profile '{profile.name}' trains on a CUDA GPU, and none is available here. Use --profile cpu (tiny models only).")
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    # Frozen buffers are identical on every rank; not broadcasting them also lets block streaming swap them. Some
+    # adapted layers never reach the loss (e.g. the last block's text-stream MLP in Qwen-Image): DDP must expect that.
+    ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=True)
+    return Accelerator(cpu=profile.device == "cpu", mixed_precision=profile.training.mixed_precision, kwargs_handlers=[ddp])
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def model_fingerprint(source, profile) -> str:
+    """Identifies what produced a cached embedding: the model (and its config files, for local folders) and the
+    precision/quantization of the text encoder and VAE."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([source.family.name, source.location]).encode())
+    folder = Path(source.location)
+    for name in ("model_index.json", "text_encoder/config.json", "text_encoder_2/config.json", "vae/config.json"):
+        if (folder / name).is_file():
+            digest.update(name.encode() + (folder / name).read_bytes())
+    for role in ("text_encoder", "vae"):
+        policy = profile.component(role)
+        digest.update(f"{role}:{policy.dtype}:{policy.quantization}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _data_digest(samples: list[Sample]) -> str:
+    digest = hashlib.sha256()
+    for s in samples:
+        digest.update(json.dumps([file_digest(s.image_path), s.caption, s.control_path and file_digest(s.control_path)]).encode())
+    return digest.hexdigest()[:16]
+
+
+def encode_examples(manager, family, samples, cfg, cache: EmbeddingCache, run_dtype) -> list[TrainingExample]:
+    """Text embeddings (caption and empty caption) and clean latents of every sample, computed once and cached.
+
+    Only cache misses load the text encoder or use the VAE; both are evicted afterwards, so they never share
+    memory with the transformer.
+    """
+    from .data import image_to_tensor, load_image, read_image_size, training_resolution
+
+    device = manager.device
+    specs = []
+    for s in samples:
+        width, height = training_resolution(read_image_size(s.image_path), cfg.resolution)
+        control = load_image(s.control_path) if s.control_path else None
+        cond_size = family.condition_size(control) if control is not None else None
+        control_key = (file_digest(s.control_path), "%dx%d" % cond_size) if control is not None else ()
+        specs.append({
+            "sample": s, "size": (height, width), "control": control, "cond_size": cond_size,
+            "text": cache.key("text", s.caption, *control_key), "empty": cache.key("text", "", *control_key),
+            "latents": cache.key("latents", file_digest(s.image_path), f"{width}x{height}"),
+            "control_latents": cache.key("control", *control_key) if control is not None else None,
+        })  # fmt: skip
+    found: dict[str, dict] = {}
+
+    def missing(kind_keys):
+        wanted = {k: job for k, job in kind_keys if k not in found}
+        for key in list(wanted):
+            entry = cache.get(key)
+            if entry is not None:
+                found[key] = entry
+                del wanted[key]
+        return wanted
+
+    text_jobs = missing([(sp[k], (c, sp["control"])) for sp in specs for k, c in (("text", sp["sample"].caption), ("empty", ""))])
+    if text_jobs:
+        with manager.stage("text_encode", manager.text_components()) as pipe, torch.no_grad():
+            for key, (caption, control) in text_jobs.items():
+                found[key] = family.encode_prompt(pipe, caption, device, image=control)
+                cache.put(key, found[key])
+    for component in manager.text_components():
+        manager.evict(component)
+
+    latent_jobs = missing([(sp["latents"], ("target", sp)) for sp in specs] + [(sp["control_latents"], ("control", sp)) for sp in specs if sp["control"] is not None])
+    if latent_jobs:
+        with manager.stage("vae_encode", ("vae",)) as pipe, torch.no_grad():
+            for key, (kind, sp) in latent_jobs.items():
+                if kind == "target":
+                    height, width = sp["size"]
+                    pixels = image_to_tensor(load_image(sp["sample"].image_path, (width, height))).unsqueeze(0)
+                else:  # the edit input image, resized and normalized exactly as the stock edit pipeline does
+                    width, height = sp["cond_size"]
+                    resized = pipe.image_processor.resize(sp["control"], height, width)
+                    pixels = pipe.image_processor.preprocess(resized, height, width)
+                found[key] = {"latents": family.encode_image_latents(pipe, pixels)}
+                cache.put(key, found[key])
+    manager.evict("vae")
+
+    def on_device(tensors, dtype):
+        return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in tensors.items()}
+
+    examples = []
+    for sp in specs:
+        condition = None
+        if sp["control"] is not None:
+            width, height = sp["cond_size"]
+            condition = (found[sp["control_latents"]]["latents"].to(device, run_dtype), (height, width))
+        s = sp["sample"]
+        examples.append(TrainingExample(
+            s.caption, s.image_path, s.control_path, *sp["size"],
+            latents=found[sp["latents"]]["latents"].to(device, torch.float32),
+            cond=on_device(found[sp["text"]], run_dtype), empty_cond=on_device(found[sp["empty"]], run_dtype), condition=condition,
+        ))  # fmt: skip
+    return examples
+
+
+def phase_timesteps(run: Run, phase: str, height: int, width: int) -> list[float]:
+    """The 0..1000 timesteps `phase` trains at for a sample of this size (see the module docstring)."""
+    from .schedule import glance_plan
+
+    ts = run.config.timesteps
+    if isinstance(ts, dict):
+        if phase in ts:
+            return list(ts[phase])
+        ts = "consistent"
+    elif isinstance(ts, list):
+        return list(ts)
+    pipe = run.manager.pipe
+    plan = glance_plan(pipe.scheduler.config, run.family.seq_len(pipe, height, width), run.config.split(run.family), ts)
+    steps = [s.timestep for s in plan.phase(phase)]
+    if not steps:
+        raise ValueError(f"The phase split gives the {phase} phase no steps: set {phase}_steps in the config.")
+    return steps
+
+
+# ==== the transformer and its adapters ===============================================================================
+def _prepare_transformer(transformer, run: Run, phases) -> None:
+    """Called by the manager right after loading the frozen base, before it is placed: gradient checkpointing, one
+    LoRA per phase to train (each from its own seed), and block streaming if the profile asks for it."""
+    from peft import LoraConfig
+
+    cfg = run.config
+    if run.profile.training.gradient_checkpointing or run.profile.training.block_offload:
+        transformer.enable_gradient_checkpointing()  # block streaming requires it: weights leave the GPU after use
+    for phase in phases:
+        lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=list(run.family.lora_target_modules))
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # one adapter per phase: intended
+            torch.manual_seed(cfg.seed + _PHASE_SEED[phase])
+            transformer.add_adapter(lora, adapter_name=phase)
+    for name, param in transformer.named_parameters():
+        if "lora_" in name:  # trained weights stay float32 (mixed precision: the frozen base is bf16/fp16)
+            param.data = param.data.float()
+    if run.profile.training.block_offload:
+        from .streaming import stream_blocks
+
+        stream_blocks(transformer, run.manager.device, run.profile.training.blocks_per_group or 1)
+
+
+def _activate_adapter(transformer, phase: str) -> list[torch.nn.Parameter]:
+    """Make `phase` the only active (and trainable) adapter; return its parameters."""
+    transformer.set_adapter(phase)
+    params = [p for n, p in transformer.named_parameters() if p.requires_grad]
+    if not params or not all(f".{phase}." in n for n, p in transformer.named_parameters() if p.requires_grad):
+        raise RuntimeError(f"Expected only the {phase!r} LoRA to be trainable; check the transformer's adapters.")
+    return params
+
+
+def _only_trainable_for_ddp(transformer, accelerator):
+    """Several processes: DDP syncs the active LoRA only; frozen weights (some parked in CPU RAM by block
+    streaming) and buffers are identical on every rank and are left out of its device checks and broadcasts."""
+    if accelerator.num_processes > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        frozen = [n for n, p in transformer.named_parameters() if not p.requires_grad] + [n for n, _ in transformer.named_buffers()]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(transformer, frozen)
+    return transformer
+
+
+def _build_optimizer(params, cfg: TrainConfig, name: str):
+    kwargs = dict(lr=cfg.learning_rate, betas=cfg.adam_betas, eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay)
+    if name == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def _build_lr_scheduler(optimizer, cfg: TrainConfig):
+    """Constant learning rate after a linear warmup (the reference recipe)."""
+    from diffusers.optimization import get_constant_schedule_with_warmup
+
+    return get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+
+
+# ==== per-step sampling, logging, evaluation =========================================================================
+@dataclass
+class Draw:
+    example: TrainingExample
+    timestep: float
+    latents: torch.Tensor
+    noise: torch.Tensor
+    cond: dict
+
+
+class StepSampler:
+    """Picks what one step trains on (sample, timestep, noise, caption dropout), all from ONE seeded CPU generator,
+    so its state in a checkpoint is enough to replay the rest of the run exactly, on any device."""
+
+    def __init__(self, examples: list[TrainingExample], phase: str, caption_dropout: float, seed: int):
+        self.examples, self.phase, self.caption_dropout = examples, phase, caption_dropout
+        self.generator = torch.Generator("cpu").manual_seed(seed)
+
+    def draw(self) -> Draw:
+        g = self.generator
+        example = self.examples[int(torch.randint(len(self.examples), (1,), generator=g))]
+        timesteps = example.timesteps[self.phase]
+        timestep = timesteps[int(torch.randint(len(timesteps), (1,), generator=g))]
+        dropped = float(torch.rand((), generator=g)) < self.caption_dropout
+        noise = torch.randn(example.latents.shape, generator=g, dtype=torch.float32).to(example.latents.device)
+        return Draw(example, timestep, example.latents, noise, example.empty_cond if dropped else example.cond)
+
+    def get_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+class LossLog:
+    """`{phase}_loss.csv` (step, loss, lr, timestep, seconds), appended step by step; on resume the rows after the
+    checkpoint are dropped (those steps are trained again)."""
+
+    HEADER = "step,loss,lr,timestep,seconds\n"
+
+    def __init__(self, path: Path, start_step: int, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        self.rows = [r for r in read_loss_csv(path) if r["step"] <= start_step] if start_step else []
+        self._last = time.perf_counter()
+        if enabled:
+            lines = [self.HEADER] + [self._line(r) for r in self.rows]
+            path.write_text("".join(lines))
+
+    @staticmethod
+    def _line(r: dict) -> str:
+        return f"{r['step']},{r['loss']:.8g},{r['lr']:.8g},{r['timestep']:.4f},{r['seconds']:.4f}\n"
+
+    def record(self, step: int, loss: float, lr: float, timestep: float) -> None:
+        now = time.perf_counter()
+        row = {"step": step, "loss": loss, "lr": lr, "timestep": timestep, "seconds": now - self._last}
+        self._last = now
+        self.rows.append(row)
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(self._line(row))
+
+    @property
+    def losses(self) -> list[float]:
+        return [r["loss"] for r in self.rows]
+
+
+def read_loss_csv(path: Path) -> list[dict]:
+    if not Path(path).is_file():
+        return []
+    rows = []
+    for line in Path(path).read_text().splitlines()[1:]:
+        step, loss, lr, timestep, seconds = line.split(",")
+        rows.append({"step": int(step), "loss": float(loss), "lr": float(lr), "timestep": float(timestep), "seconds": float(seconds)})
+    return rows
+
+
+def plot_loss_curve(rows: list[dict], path: Path, title: str) -> Path:
+    """Per-step loss (one random phase timestep each, hence noisy) and its running mean, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in rows]
+    losses = [r["loss"] for r in rows]
+    window = max(1, len(losses) // 10)
+    mean = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1]) for i in range(len(losses))]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(steps, losses, ".", alpha=0.5, label="loss per step")
+    ax.plot(steps, mean, "-", label=f"running mean ({window})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching MSE")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+@torch.no_grad()
+def _eval_loss(run: Run, phase: str) -> float:
+    """Mean loss over every sample x phase timestep with fixed noise: comparable before and after training."""
+    generator = torch.Generator("cpu").manual_seed(run.config.seed + _EVAL_SEED)
+    losses = []
+    for example in run.examples:
+        noise = torch.randn(example.latents.shape, generator=generator).to(example.latents.device)
+        for t in example.timesteps[phase]:
+            sigma = t / 1000
+            noisy = ((1 - sigma) * example.latents + sigma * noise).to(run.dtype)
+            with run.accelerator.autocast():
+                v = run.family.velocity(run.transformer, example.state, noisy, run.family.timestep_tensor(t, noisy), example.cond)
+            losses.append(F.mse_loss(v.float(), (noise - example.latents).float()).item())
+    return sum(losses) / len(losses)
+
+
+def _progress(run: Run, phase: str, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=run.config.steps, initial=start, desc=f"train {phase}", unit="step",
+                disable=not (run.progress and run.accelerator.is_main_process))  # fmt: skip
+
+
+# ==== checkpoints, resume, finish ===================================================================================
+def _save_checkpoint(run: Run, phase: str, step: int, optimizer, lr_scheduler, sampler, eval_before) -> None:
+    from accelerate.utils import gather_object
+
+    from .checkpoint import save_training_checkpoint
+
+    sampler_states = gather_object([sampler.get_state()])  # every process's generator, in rank order
+    if run.accelerator.is_main_process:
+        save_training_checkpoint(
+            run.checkpoints(phase), step, transformer=run.transformer, family=run.family, adapter_name=phase,
+            optimizer=optimizer, lr_scheduler=lr_scheduler, sampler_states=sampler_states, run_digest=run.digest(phase),
+            run_description=run.describe(phase), keep=run.config.keep_checkpoints, extra={"eval_loss_before": eval_before},
+        )  # fmt: skip
+    run.accelerator.wait_for_everyone()
+
+
+def _resume(run: Run, phase: str, optimizer, lr_scheduler, sampler) -> tuple[int, float | None]:
+    """Continue from the newest checkpoint of this phase if there is one; returns (step, eval loss before)."""
+    from .checkpoint import check_same_run, latest_checkpoint, restore_training_checkpoint
+
+    checkpoint = latest_checkpoint(run.checkpoints(phase))
+    if checkpoint is None:
+        return 0, None
+    state = checkpoint.read_state()
+    check_same_run(checkpoint, state, run.digest(phase), run.describe(phase))
+    sampler_states = restore_training_checkpoint(
+        checkpoint, state, transformer=run.transformer, adapter_name=phase, optimizer=optimizer, lr_scheduler=lr_scheduler
+    )
+    sampler.set_state(sampler_states[run.accelerator.process_index])
+    run.say(f"Resuming the {phase} phase from {checkpoint.path} (step {checkpoint.step} of {run.config.steps}).")
+    return checkpoint.step, state.get("extra", {}).get("eval_loss_before")
+
+
+def _phase_done(run: Run, phase: str) -> bool:
+    """True if this exact run already finished `phase` (final adapter written after the last checkpoint)."""
+    from .checkpoint import check_same_run, latest_checkpoint
+
+    checkpoint = latest_checkpoint(run.checkpoints(phase))
+    if checkpoint is None or checkpoint.step != run.config.steps or not run.adapter_path(phase).is_file():
+        return False
+    check_same_run(checkpoint, checkpoint.read_state(), run.digest(phase), run.describe(phase))
+    run.say(f"The {phase} phase is already trained ({run.adapter_path(phase)}); pass --restart to train it again.")
+    return True
+
+
+def _finish_phase(run: Run, phase: str, log: LossLog, start: int, eval_before, seconds: float) -> PhaseResult:
+    """Write the final adapter (atomically) and the loss curve; measure the loss at the phase timesteps again."""
+    from .lora import save_lora
+
+    eval_after = _eval_loss(run, phase)
+    if run.accelerator.is_main_process:
+        save_lora(run.transformer, run.family, phase, run.adapter_path(phase))
+        plot_loss_curve(log.rows, run.output / f"{phase}_loss.png", f"{phase.capitalize()}-LoRA training loss")
+    run.accelerator.wait_for_everyone()
+    return PhaseResult(phase, run.adapter_path(phase), run.config.steps, run.examples[0].timesteps[phase], log.losses,
+                       start, False, eval_before, eval_after, seconds)  # fmt: skip
+
+
+def _finished_phase(run: Run, phase: str) -> PhaseResult:
+    from .checkpoint import latest_checkpoint
+
+    state = latest_checkpoint(run.checkpoints(phase)).read_state()
+    losses = [r["loss"] for r in read_loss_csv(run.output / f"{phase}_loss.csv")]
+    return PhaseResult(phase, run.adapter_path(phase), run.config.steps, run.examples[0].timesteps[phase], losses,
+                       run.config.steps, True, state.get("extra", {}).get("eval_loss_before"))  # fmt: skip
+
+
+def _discard_previous(output: Path, phases) -> None:
+    import shutil
+
+    for phase in phases:
+        shutil.rmtree(output / "checkpoints" / phase, ignore_errors=True)
+        for name in (f"{phase}.safetensors", f"{phase}_loss.csv", f"{phase}_loss.png"):
+            (output / name).unlink(missing_ok=True)
+
+
+def _write_resolved_config(run: Run) -> None:
+    import yaml
+
+    data = {"model": run.model, "profile": run.profile.name, "optimizer_used": run.optimizer_name, **run.config.to_dict()}
+    (run.output / "train_config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _simulate_kill_for_tests(phase: str, step: int) -> None:
+    """`GLANCE_LITE_TEST_KILL_AT_STEP=[phase:]N`: a real SIGKILL after step N, so resume tests are deterministic."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    want_phase, _, want_step = spec.rpartition(":")
+    if int(want_step) == step and want_phase in ("", phase):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _summary(result: TrainResult) -> str:
+    lines = [f"Trained {result.model} in {result.output} (profile {result.profile}):"]
+    for p in result.phases.values():
+        status = "already trained" if p.already_done else (f"resumed at step {p.resumed_from}, " if p.resumed_from else "") + f"{p.seconds:.1f} s"
+        change = ""
+        if p.eval_loss_before is not None and p.eval_loss_after is not None:
+            change = f", loss at its timesteps {p.eval_loss_before:.4f} -> {p.eval_loss_after:.4f}"
+        lines.append(f"  {p.phase}: {p.adapter} ({p.steps} steps, {status}{change})")
+    lines += ["Generate with the trained adapters:", "  " + result.generate_command()]
+    return "\n".join(lines)
+
+
+# ==== command line ===================================================================================================
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m glance_lite.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="hub id (Qwen/Qwen-Image, black-forest-labs/FLUX.1-dev, Qwen/Qwen-Image-Edit), local folder, or tiny/qwen-image | tiny/flux | tiny/qwen-image-edit")
+    p.add_argument("--data", type=Path, help="dataset folder: image + same-name .txt caption (edit models: image/ and control/)")
+    p.add_argument("--output", type=Path, help="output folder (adapters, logs, checkpoints, cache)")
+    p.add_argument("--phase", choices=("slow", "fast", "both"), default="both", help="which adapter(s) to train (both: slow, then fast)")
+    p.add_argument("--profile", default="auto", help="hardware profile name or YAML path (default: auto)")
+    p.add_argument("--config", type=Path, help="YAML file of training settings (see --print-config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key, e.g. --set steps=120 (repeatable)")
+    p.add_argument("--restart", action="store_true", help="discard this output folder's checkpoints and train from scratch")
+    p.add_argument("--print-config", action="store_true", help="print the resolved training config for --model and exit")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def _parse_sets(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}.")
+        out[key.strip()] = _yaml_number(yaml.safe_load(value))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        overrides = _parse_sets(args.set)
+        if args.print_config:
+            if not args.model:
+                raise ValueError("--print-config needs --model.")
+            import yaml
+
+            settings = read_config_file(args.config) if args.config else {}
+            cfg = TrainConfig.for_family(_family_without_loading(args.model), {**settings, **overrides})
+            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            return 0
+        missing = [name for name in ("model", "data", "output") if getattr(args, name) is None]
+        if missing:
+            raise ValueError(f"missing {', '.join('--' + m for m in missing)}.")
+        train(args.model, args.data, args.output, args.phase, args.profile, args.config, restart=args.restart, progress=not args.no_progress, **overrides)
+    except DatasetError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _CallableModule(type(sys)):
+    """`glance_lite.train(...)` is the documented API, but once this module is imported Python binds the *module* to
+    the package attribute `glance_lite.train`, shadowing the function. Calling the module calls the function."""
+
+    def __call__(self, *args, **kwargs) -> TrainResult:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""`python -m glance_lite.demo`: the README's first command runs end to end and leaves its picture and report."""
+
+import numpy as np
+from PIL import Image
+
+from glance_lite.demo import CAPTION_FILE, demo_image, main
+
+
+def test_the_demo_trains_generates_and_writes_side_by_side_png_and_report(tmp_path, capsys):
+    out = tmp_path / "glance_demo"
+    assert main(["--out", str(out), "--quick", "--no-progress"]) == 0
+
+    printed = capsys.readouterr().out
+    report = (out / "report.md").read_text()
+    assert report in printed
+    for claim in ("## Training", "| slow |", "| fast |", "Glance (slow + fast LoRA) | 10 | 20", "base model", "peak MiB",
+                  "python -m glance_lite.generate"):  # fmt: skip
+        assert claim in report, claim
+
+    picture = Image.open(out / "side_by_side.png")
+    assert picture.width > 3 * picture.height / 2  # panels side by side, two rows
+    assert np.asarray(picture).std() > 10  # drawn panels, not a blank sheet
+    assert (out / "train" / "slow.safetensors").is_file() and (out / "train" / "fast.safetensors").is_file()
+    assert (out / "data" / "red_circle.txt").read_text() == CAPTION_FILE.read_text()
+
+
+def test_the_demo_image_is_drawn_identically_every_time():
+    assert np.array_equal(np.asarray(demo_image(64)), np.asarray(demo_image(64)))
+    pixels = np.asarray(demo_image(64))
+    assert tuple(pixels[32, 32]) == (215, 35, 35) and tuple(pixels[2, 2]) == (40, 70, 190)

@@ -10,11 +10,26 @@ __version__ = "0.1.0"
 __all__ = ["generate", "load", "plan", "train"]
 
 
+def _make_callable(module_name: str, function) -> None:
+    """Let `glance_lite.generate(...)` / `glance_lite.train(...)` work after their CLI modules were imported.
+
+    `python -m glance_lite.generate` needs a module of that name, and importing it rebinds the package attribute
+    from the API function to the module; calling the module then calls the function.
+    """
+    import sys
+
+    class CallableModule(type(sys)):
+        def __call__(self, *args, **kwargs):
+            return function(*args, **kwargs)
+
+    sys.modules[module_name].__class__ = CallableModule
+
+
 def __getattr__(name: str):
     if name in ("generate", "load"):
         from . import api
 
-        return getattr(api, name)
+        return getattr(api, name)  # `generate` resolves here until the CLI module is imported (see _make_callable)
     if name == "plan":
         from .plan import plan
 

@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import _make_callable
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m glance_lite.generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"model": args.model, "profile": glance.profile.name, "runs": reports}, indent=2))
     return 0
 
+
+def _generate(*args, **kwargs):
+    from .api import generate
+
+    return generate(*args, **kwargs)
+
+
+_make_callable(__name__, _generate)  # `glance_lite.generate(...)` keeps working once this module is imported
 
 if __name__ == "__main__":
     sys.exit(main())

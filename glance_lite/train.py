@@ -52,6 +52,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import _make_callable
 from .data import DEFAULT_MIN_SIZE, DatasetError, EmbeddingCache, Sample, file_digest, validate_dataset
 
 PHASES = ("slow", "fast")
@@ -595,9 +596,7 @@ def encode_examples(manager, family, samples, cfg, cache: EmbeddingCache, run_dt
                     height, width = sp["size"]
                     pixels = image_to_tensor(load_image(sp["sample"].image_path, (width, height))).unsqueeze(0)
                 else:  # the edit input image, resized and normalized exactly as the stock edit pipeline does
-                    width, height = sp["cond_size"]
-                    resized = pipe.image_processor.resize(sp["control"], height, width)
-                    pixels = pipe.image_processor.preprocess(resized, height, width)
+                    pixels, _ = family.condition_pixels(pipe, sp["control"])
                 found[key] = {"latents": family.encode_image_latents(pipe, pixels)}
                 cache.put(key, found[key])
     manager.evict("vae")
@@ -984,15 +983,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _CallableModule(type(sys)):
-    """`glance_lite.train(...)` is the documented API, but once this module is imported Python binds the *module* to
-    the package attribute `glance_lite.train`, shadowing the function. Calling the module calls the function."""
-
-    def __call__(self, *args, **kwargs) -> TrainResult:
-        return train(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+_make_callable(__name__, train)  # `glance_lite.train(...)` keeps working once this module is imported
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import glance_lite
+import glance_lite.generate  # noqa: F401  (the CLI module must not shadow the glance_lite.generate() API)
 from glance_lite.api import load
 from glance_lite.models import resolve_model
 from glance_lite.sampler import sample

@@ -41,6 +41,11 @@ class QwenImageEditFamily(QwenImageFamily):
         width, height = self.condition_size(image)
         return pipe.image_processor.resize(image, height, width), width, height
 
+    def condition_pixels(self, pipe, image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The input image resized and normalized as the stock pipeline does: ([1, 3, H, W] in [-1, 1], (W, H))."""
+        resized, width, height = self._resized(pipe, image)
+        return pipe.image_processor.preprocess(resized, height, width), (width, height)
+
     def encode_prompt(self, pipe, prompt: str, device, image=None) -> Conditioning:
         if image is None:
             raise ValueError("Qwen-Image-Edit needs an input image: pass image=<PIL image or path>.")
@@ -58,10 +63,11 @@ class QwenImageEditFamily(QwenImageFamily):
     def prepare_latents(self, pipe, height, width, generator, dtype, device, image=None) -> LatentState:
         if image is None:
             raise ValueError("Qwen-Image-Edit needs an input image: pass image=<PIL image or path>.")
-        resized, cond_w, cond_h = self._resized(pipe, image)
-        pixels = pipe.image_processor.preprocess(resized, cond_h, cond_w).unsqueeze(2)
+        pixels, (cond_w, cond_h) = self.condition_pixels(pipe, image)
         channels = pipe.transformer.config.in_channels // 4
-        latents, image_latents = pipe.prepare_latents(pixels, 1, channels, height, width, dtype, device, generator)
+        latents, image_latents = pipe.prepare_latents(
+            pixels.unsqueeze(2), 1, channels, height, width, dtype, device, generator
+        )
         shapes = self._img_shapes(pipe, height, width, 1, cond_h, cond_w)
         return LatentState(latents, height, width, {"img_shapes": shapes, "image_latents": image_latents})
 

@@ -544,3 +544,13 @@ def write_random_lora(transformer, family, path: Path, *, rank: int, alpha: floa
         return save_lora(transformer, family, name, Path(path))
     finally:
         transformer.delete_adapters(name)
+
+
+def keeping_torch_state(run, argv):
+    """`run(argv)` with torch's thread count and CPU RNG restored afterwards (benchmarks are called from tests too)."""
+    threads = torch.get_num_threads()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            return run(argv)
+    finally:
+        torch.set_num_threads(threads)

@@ -547,12 +547,7 @@ def general_notes(args, device: torch.device) -> list[str]:
 # ==== main =========================================================================================================
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the report (plus the written paths). Leaves torch's thread count and RNG as found."""
-    threads = torch.get_num_threads()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            return _main(argv)
-    finally:
-        torch.set_num_threads(threads)
+    return C.keeping_torch_state(_main, argv)
 
 
 def _main(argv: list[str] | None) -> dict:

@@ -53,15 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse_sets(items: list[str]) -> dict:
-    import yaml
+    from glance_lite.train import parse_set_options
 
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"error: --set expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    try:
+        return parse_set_options(items)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 def write_dataset(folder: Path, size: int) -> Path:
@@ -182,12 +179,7 @@ def _mem(record: dict, cuda: bool) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the report (plus the written paths). Leaves torch's thread count and RNG as found."""
-    threads = torch.get_num_threads()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            return _main(argv)
-    finally:
-        torch.set_num_threads(threads)
+    return C.keeping_torch_state(_main, argv)
 
 
 def _main(argv: list[str] | None) -> dict:

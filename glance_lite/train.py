@@ -945,7 +945,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_sets(items: list[str]) -> dict:
+def parse_set_options(items: list[str]) -> dict:
+    """`--set KEY=VALUE` options as a dict of YAML-typed values (shared with benchmarks/bench_train.py)."""
     import yaml
 
     out = {}
@@ -960,7 +961,7 @@ def _parse_sets(items: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        overrides = _parse_sets(args.set)
+        overrides = parse_set_options(args.set)
         if args.print_config:
             if not args.model:
                 raise ValueError("--print-config needs --model.")

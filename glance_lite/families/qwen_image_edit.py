@@ -78,15 +78,6 @@ class QwenImageEditFamily(QwenImageFamily):
         return LatentState(latents, height, width, {"img_shapes": shapes, "image_latents": image_latents})
 
     def velocity(self, transformer, state: LatentState, latents, timestep, cond: Conditioning) -> torch.Tensor:
+        """The input image's tokens ride along after the noisy ones; only the noisy tokens' velocity is kept."""
         model_input = torch.cat([latents, state.extra["image_latents"]], dim=1)
-        out = transformer(
-            hidden_states=model_input,
-            timestep=timestep,
-            guidance=None,
-            encoder_hidden_states_mask=cond.get("prompt_embeds_mask"),
-            encoder_hidden_states=cond["prompt_embeds"],
-            img_shapes=state.extra["img_shapes"],
-            attention_kwargs={},
-            return_dict=False,
-        )[0]
-        return out[:, : latents.size(1)]
+        return super().velocity(transformer, state, model_input, timestep, cond)[:, : latents.size(1)]

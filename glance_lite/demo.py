@@ -3,22 +3,25 @@
     python -m glance_lite.demo                 # writes glance_demo/: side_by_side.png, report.md, the adapters
     python -m glance_lite.demo --out DIR --quick
 
-1. a one-sample dataset: the package's caption (`assets/demo/red_circle.txt`) and its image, drawn here
-   deterministically (a red circle on blue), so the package ships no binary;
+1. a one-sample dataset: the package's caption (`assets/demo/red_circle.txt`, a pocket-world caption) and its
+   picture, rendered here deterministically by `glance_lite.pocket.world` (so the package ships no binary);
 2. `glance_lite.train` trains the Slow-LoRA and the Fast-LoRA on it (`assets/demo/train.yaml`), on the embedded
-   tiny Qwen-Image (`tiny/qwen-image`: the real architecture and code paths, two layers, random weights);
-3. `glance_lite.load(...).generate` samples the caption with Glance (5 slow + 5 fast steps) and with the base
-   model (50 steps), both with true CFG, and once more with the Glance schedule but no LoRAs;
-4. side_by_side.png shows them side by side, report.md what each part cost (time, transformer calls, memory).
+   pocket model (`pocket/qwen-image`: the real Qwen-Image architecture and code paths, trained by the project on
+   64x64 pictures of one coloured shape on a plain background, `glance_lite.pocket`);
+3. `glance_lite.load(...).generate` samples the caption with Glance (5 slow + 5 fast steps), with the base model
+   (50 steps and 10 steps), all with true CFG, and once more with the Glance schedule but no LoRAs; then the same
+   for a caption the pocket model never trained on (`pocket.world.HELD_OUT`), with the same adapters;
+4. side_by_side.png shows them side by side (row 1: the training caption, row 2: the unseen one), report.md what
+   each part cost (time, transformer calls, memory) and how far each image is from the 50-step one.
 
-The tiny model's VAE has random weights, so decoded pixels are grey noise whatever the latent: the second row of
-side_by_side.png shows the latents themselves (their 16 channels projected to RGB on the training latent's
-principal axes), where the circle the adapters learned is visible. The numbers to read are the latent distances.
+benchmarks/eval_pocket.py measures the same comparison over every held-out caption
+(benchmarks/results/pocket-glance.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-DEMO_MODEL = "tiny/qwen-image"
+DEMO_MODEL = "pocket/qwen-image"
 ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
 CAPTION_FILE = ASSETS / "red_circle.txt"
 CONFIG_FILE = ASSETS / "train.yaml"
@@ -38,12 +41,17 @@ QUICK_OVERRIDES = {"steps": 6, "checkpoint_every": 3}
 QUICK_BASE_STEPS = 10
 
 
-def demo_image(size: int) -> Image.Image:
-    """The demo's training image: a red disc on a blue square, drawn the same on every machine (no antialiasing)."""
-    image = Image.new("RGB", (size, size), (40, 70, 190))
-    margin = size // 4
-    ImageDraw.Draw(image).ellipse((margin, margin, size - margin - 1, size - margin - 1), fill=(215, 35, 35))
-    return image
+SCENE_SEED = 0  # the render seed of the training picture (shape size and jitter)
+# The unseen caption of the second row: a held-out combination (pocket.world.HELD_OUT).
+UNSEEN_CAPTION = "a green triangle on a black background, bottom right"
+
+
+def demo_image(size: int = 64) -> Image.Image:
+    """The demo's training picture: the caption's pocket-world scene, rendered the same on every machine."""
+    from .pocket import world
+
+    scene = world.Scene.parse(CAPTION_FILE.read_text(encoding="utf-8").strip())
+    return Image.fromarray(world.render(scene, SCENE_SEED, size))
 
 
 def write_demo_dataset(folder: Path, size: int) -> Path:
@@ -111,9 +119,17 @@ class DemoResult:
     distances: dict[str, float] = field(default_factory=dict)
 
 
+def _psnr(a: Image.Image, b: Image.Image) -> float:
+    import numpy as np
+
+    mse = float(((np.asarray(a.convert("RGB"), dtype=np.float64) - np.asarray(b.convert("RGB"), dtype=np.float64)) ** 2).mean())
+    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
 def run_demo(out: Path, profile: str = "cpu", quick: bool = False, progress: bool = True) -> DemoResult:
     """Train, generate, compare, report; see the module docstring."""
     import glance_lite
+    from .pocket import checker, world
     from .train import read_config_file, train
 
     started = time.perf_counter()
@@ -134,47 +150,63 @@ def run_demo(out: Path, profile: str = "cpu", quick: bool = False, progress: boo
 
     glance = glance_lite.load(DEMO_MODEL, trained.adapters["slow"], trained.adapters["fast"], profile=profile)
     plain = glance_lite.load(DEMO_MODEL, profile=profile)
-    runs, base_steps = {}, QUICK_BASE_STEPS if quick else BASE_STEPS
+    base_steps = QUICK_BASE_STEPS if quick else BASE_STEPS
     for model in (glance, plain):  # first calls pay one-off costs (allocation, kernel choice): keep them out of the timings
         model.generate(caption, height=height, width=width, seed=SEED, progress=False, output_type="latent")
-    for name, model, kwargs in (
+    kinds = (
         ("glance", glance, {}),
         ("base", glance, {"base_steps": base_steps}),
+        ("base10", glance, {"base_steps": QUICK_BASE_STEPS}),
         ("no_lora", plain, {}),
-    ):
+    )
+    order = tuple(k for k, *_ in kinds)
+    runs, unseen = {}, {}
+    for name, model, kwargs in kinds:
         t = time.perf_counter()
         runs[name] = model.generate(caption, height=height, width=width, seed=SEED, progress=progress, **kwargs)
         seconds[f"generate_{name}"] = time.perf_counter() - t
+        unseen[name] = model.generate(UNSEEN_CAPTION, height=height, width=width, seed=SEED, progress=False, **kwargs)
 
     distances = {name: float(((r.latents[0].float().cpu() - target) ** 2).mean()) for name, r in runs.items()}
-    preview = LatentPreview(unpack(target, height, width))
-    latent = {name: preview.image(unpack(r.latents[0].cpu(), height, width), 192) for name, r in runs.items()}
-    decoded_target = glance.family.decode(glance.manager.pipe, target.to(glance.device), height, width)[0]
+    fidelity = {
+        "train": {n: _psnr(runs[n].image, runs["base"].image) for n in order},
+        "unseen": {n: _psnr(unseen[n].image, unseen["base"].image) for n in order},
+    }
+    readings = {
+        "train": {n: checker.judge(runs[n].image, world.Scene.parse(caption)) for n in order},
+        "unseen": {n: checker.judge(unseen[n].image, world.Scene.parse(UNSEEN_CAPTION)) for n in order},
+    }
     scale = glance.family.default_true_cfg_scale
     calls = {name: len(r.plan.steps) * (2 if scale > 1 else 1) for name, r in runs.items()}
     labels = {
         "glance": f"Glance, 10 steps\n{calls['glance']} transformer calls",
         "base": f"base model, {base_steps} steps\n{calls['base']} transformer calls",
-        "no_lora": "Glance schedule, no LoRAs\n(the adapters do the work)",
+        "base10": f"base model, {QUICK_BASE_STEPS} steps\n{calls['base10']} transformer calls",
+        "no_lora": "Glance schedule, no LoRAs\n(what the adapters add)",
     }
-    order = ("glance", "base", "no_lora")
+
+    def caption_label(text: str, what: str) -> str:
+        scene = world.Scene.parse(text)
+        return f"{what}:\n{scene.colour} {scene.shape}/{scene.background}, {scene.position}"
+
     comparison = side_by_side(
         [
-            [("training image", demo_image(size))] + [(labels[n], runs[n].image) for n in order],
-            [("training latent\n(VAE decode above: random VAE)", preview.image(unpack(target, height, width), 192))]
-            + [(f"its latent\nMSE to training latent {distances[n]:.3f}", latent[n]) for n in order],
+            [(caption_label(caption, "training picture"), demo_image(size))] + [(labels[n], runs[n].image) for n in order],
+            [(caption_label(UNSEEN_CAPTION, "unseen prompt"), Image.fromarray(world.render(world.Scene.parse(UNSEEN_CAPTION), SCENE_SEED, size)))]
+            + [(f"{labels[n].splitlines()[0]}\nPSNR to base {fidelity['unseen'][n]:.1f} dB" if n != "base" else (labels[n].splitlines()[0] + "\n(reference)"), unseen[n].image) for n in order],
         ],
         out / "side_by_side.png",
     )
+    decoded_target = glance.family.decode(glance.manager.pipe, target.to(glance.device), height, width)[0]
     decoded_target.save(out / "training_latent_decoded.png")
     seconds["total"] = time.perf_counter() - started
-    text = _report(trained, runs, seconds, distances, calls, base_steps, quick)
+    text = _report(trained, runs, seconds, distances, calls, base_steps, quick, fidelity, readings)
     report = out / "report.md"
     report.write_text(text)
     return DemoResult(out, comparison, report, text, seconds, distances)
 
 
-def _report(trained, runs, seconds, distances, calls, base_steps, quick) -> str:
+def _report(trained, runs, seconds, distances, calls, base_steps, quick, fidelity, readings) -> str:
     import platform
 
     import psutil
@@ -185,12 +217,17 @@ def _report(trained, runs, seconds, distances, calls, base_steps, quick) -> str:
     stages = {}
     for record in list(trained.stages) + list(g.stages) + list(b.stages):
         stages[record.stage] = max(stages.get(record.stage, 0), record.peak_bytes)
+
+    def ok(reading) -> str:
+        return "/".join("yes" if reading[k] else "no" for k in ("background", "colour", "position"))
+
     lines = [
         "# glance_lite demo" + (" (--quick: smoke test, not a result)" if quick else ""),
         "",
-        f"Model `{trained.model}` (embedded tiny Qwen-Image, random weights), profile `{trained.profile}`, "
+        f"Model `{trained.model}` (embedded pocket Qwen-Image, 64x64), profile `{trained.profile}`, "
         f"{psutil.cpu_count()} CPU cores, torch {torch.__version__}, {platform.machine()}.",
         f"One training pair: `{trained.captions[0]}` at {trained.sizes[0][1]}x{trained.sizes[0][0]}.",
+        f"Unseen prompt (held out from the pocket model's training too): `{UNSEEN_CAPTION}`.",
         "",
         "## Training (one LoRA per phase)",
         "",
@@ -202,16 +239,32 @@ def _report(trained, runs, seconds, distances, calls, base_steps, quick) -> str:
         before = "n/a" if p.eval_loss_before is None else f"{p.eval_loss_before:.4f}"
         after = "n/a" if p.eval_loss_after is None else f"{p.eval_loss_after:.4f}"
         lines.append(f"| {p.phase} | {ts} | {p.steps} | {p.seconds:.1f} | {before} -> {after} |")
+    names = {
+        "glance": "Glance (slow + fast LoRA)",
+        "base": "base model",
+        "base10": f"base model, {QUICK_BASE_STEPS} steps",
+        "no_lora": "Glance schedule, no LoRAs",
+    }
     lines += [
         "",
-        "## Generation (same prompt, seed, true CFG)",
+        "## Generation (same seed and noise, true CFG)",
         "",
-        "| run | steps | transformer calls | denoise seconds | call seconds | latent MSE to the training latent |",
-        "|---|---|---|---|---|---|",
-        f"| Glance (slow + fast LoRA) | {len(g.plan.steps)} | {calls['glance']} | {g_denoise:.2f} | {seconds['generate_glance']:.2f} | {distances['glance']:.4f} |",
-        f"| base model | {base_steps} | {calls['base']} | {b_denoise:.2f} | {seconds['generate_base']:.2f} | {distances['base']:.4f} |",
-        f"| Glance schedule, no LoRAs | {len(runs['no_lora'].plan.steps)} | {calls['no_lora']} | "
-        f"{sum(runs['no_lora'].phase_seconds.values()):.2f} | {seconds['generate_no_lora']:.2f} | {distances['no_lora']:.4f} |",
+        "PSNR is to the base model's image from the same noise; the checker reads background / shape colour / "
+        "position (`glance_lite.pocket.checker`).",
+        "",
+        "| run | steps | transformer calls | denoise seconds | call seconds | latent MSE to the training latent | "
+        "training prompt: PSNR, checker | unseen prompt: PSNR, checker |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, r in runs.items():
+        psnr_t = "reference" if n == "base" else f"{fidelity['train'][n]:.1f} dB"
+        psnr_u = "reference" if n == "base" else f"{fidelity['unseen'][n]:.1f} dB"
+        lines.append(
+            f"| {names[n]} | {len(r.plan.steps)} | {calls[n]} | {sum(r.phase_seconds.values()):.2f} | "
+            f"{seconds['generate_' + n]:.2f} | {distances[n]:.4f} | {psnr_t}, {ok(readings['train'][n])} | "
+            f"{psnr_u}, {ok(readings['unseen'][n])} |"
+        )
+    lines += [
         "",
         f"Denoising speed-up of Glance over the {base_steps}-step base: {b_denoise / max(g_denoise, 1e-9):.1f}x "
         f"({calls['base']} / {calls['glance']} transformer calls).",
@@ -227,8 +280,7 @@ def _report(trained, runs, seconds, distances, calls, base_steps, quick) -> str:
         f"Wall time: training {seconds['train']:.1f} s, whole demo {seconds['total']:.1f} s "
         "(plus Python start-up and imports).",
         "",
-        "The tiny model's VAE is random, so decoded images are noise whatever the latent; side_by_side.png's second "
-        "row shows the latents (channels projected on the training latent's principal axes).",
+        "Over all 26 held-out prompts: benchmarks/results/pocket-glance.md (`python benchmarks/eval_pocket.py`).",
         "",
         "Generate again with the trained adapters:",
         "",
@@ -249,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    torch.set_num_threads(1)  # the pocket model's small tensors gain nothing from intra-op threads on a shared CPU
     result = run_demo(args.out, profile=args.profile, quick=args.quick, progress=not args.no_progress)
     print(result.report_text)
     print(f"Wrote {result.comparison} and {result.report}.")

@@ -14,6 +14,7 @@ def test_the_demo_trains_generates_and_writes_side_by_side_png_and_report(tmp_pa
     report = (out / "report.md").read_text()
     assert report in printed
     for claim in ("## Training", "| slow |", "| fast |", "Glance (slow + fast LoRA) | 10 | 20", "base model", "peak MiB",
+                  "unseen prompt", "pocket/qwen-image",
                   "python -m glance_lite.generate"):  # fmt: skip
         assert claim in report, claim
 
@@ -27,4 +28,5 @@ def test_the_demo_trains_generates_and_writes_side_by_side_png_and_report(tmp_pa
 def test_the_demo_image_is_drawn_identically_every_time():
     assert np.array_equal(np.asarray(demo_image(64)), np.asarray(demo_image(64)))
     pixels = np.asarray(demo_image(64))
-    assert tuple(pixels[32, 32]) == (215, 35, 35) and tuple(pixels[2, 2]) == (40, 70, 190)
+    # the caption's pocket scene: a red circle in the top-left quadrant on a blue background
+    assert tuple(pixels[16, 16]) == (220, 30, 30) and tuple(pixels[60, 60]) == (30, 60, 220)

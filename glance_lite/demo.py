@@ -301,8 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the pocket model's small tensors gain nothing from intra-op threads on a shared CPU
-    result = run_demo(args.out, profile=args.profile, quick=args.quick, progress=not args.no_progress)
+    try:
+        result = run_demo(args.out, profile=args.profile, quick=args.quick, progress=not args.no_progress)
+    finally:
+        torch.set_num_threads(threads)
     print(result.report_text)
     print(f"Wrote {result.comparison} and {result.report}.")
     return 0

@@ -6,13 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
+# Before anything imports huggingface_hub (it reads this once): tests never touch the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 
 @pytest.fixture(scope="session", autouse=True)
 def glance_home(tmp_path_factory):
     """Tiny models are built once per test session into a private cache (never the user's ~/.cache)."""
     home = os.environ.get("GLANCE_LITE_TEST_HOME") or str(tmp_path_factory.mktemp("glance_home"))
     os.environ["GLANCE_LITE_HOME"] = home
-    os.environ["HF_HUB_OFFLINE"] = "1"
     return Path(home)
 
 

@@ -191,14 +191,13 @@ def answers(info: dict) -> str:
     g, b = m["glance_con"], m["base10"]
     verdict_f = "beats" if g["psnr_mean"] > b["psnr_mean"] else "does not beat"
     verdict_a = "beats" if g["adherence"]["all"] > b["adherence"]["all"] else "does not beat"
-    modes = sorted(("glance_con", "glance_ref"), key=lambda k: (m[k]["psnr_mean"], m[k]["adherence"]["all"]), reverse=True)
     splits = sorted(("glance_3+7", "glance_con", "glance_7+3"), key=lambda k: m[k]["psnr_mean"], reverse=True)
     return "\n".join([
         f"- Glance 5+5 (consistent) **{verdict_f}** uniform base-10 on fidelity and **{verdict_a}** it on adherence "
         f"for unseen prompts: {line('glance_con')} vs {line('base10')} (per image it beats base-10's PSNR on "
         f"{g['psnr_wins_vs_base10']}; reference mode on {m['glance_ref']['psnr_wins_vs_base10']}).",
         f"- Schedule mode: {line('glance_con')}; {line('glance_ref')}.",
-        f"- Split (same LoRAs, consistent mode), best PSNR first: " + "; ".join(line(k) for k in splits) + ".",
+        "- Split (same LoRAs, consistent mode), best PSNR first: " + "; ".join(line(k) for k in splits) + ".",
         f"- Control, {line('no_lora')}.",
     ])  # fmt: skip
 

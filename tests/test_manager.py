@@ -18,7 +18,7 @@ from glance_lite.sampler import NonFiniteLatentsError
 SMALL = dict(height=64, width=64, output_type="latent", progress=False)
 
 
-def cpu_profile_with(tmp_path, **components) -> "Profile":
+def cpu_profile_with(tmp_path, **components):
     """The built-in cpu profile with some component policies changed, written and loaded as a user's YAML file."""
     data = load_profile("cpu").to_dict()
     for name, changes in components.items():

@@ -2,7 +2,6 @@
 shipped pocket base model that loads like any downloaded pipeline and follows its prompts."""
 
 import numpy as np
-import pytest
 import torch
 
 from glance_lite.pocket import POCKET_MODEL_IDS, checker, pocket_model_path, world

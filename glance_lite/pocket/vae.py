@@ -124,7 +124,7 @@ def train_vae(seed: int, steps: int, batch: int = 16, lr: float = 5e-4, warmup: 
 
 
 @torch.no_grad()
-def reconstruct(vae: AutoencoderKLQwenImage, images) -> "np.ndarray":
+def reconstruct(vae: AutoencoderKLQwenImage, images):
     """uint8 pictures -> uint8 reconstructions through the stock encode (posterior mode) and decode."""
     pixels = world.to_model_pixels(images).unsqueeze(2)
     z = vae.encode(pixels).latent_dist.mode()

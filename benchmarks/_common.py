@@ -554,3 +554,20 @@ def keeping_torch_state(run, argv):
             return run(argv)
     finally:
         torch.set_num_threads(threads)
+
+
+def header_lines(report: dict, settings: str) -> list[str]:
+    """The markdown bullet lines every benchmark report starts with: command, date and device, settings,
+    library versions, and the machine's load when the run began (timings on a shared machine need it)."""
+    env, device = report["environment"], report["device"]
+    cap = f" (capped to {report['vram_cap_gb']:g} GB)" if report.get("vram_cap_gb") else ""
+    lines = [
+        f"- command: `{report['command']}`",
+        f"- date: {report['date']}; device: {device['name']}{cap}",
+        f"- {settings}",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+        + f"; torch threads: {env['torch_threads']}",
+    ]
+    if "load_average_at_start" in env:
+        lines.append(f"- machine load average at start (1/5/15 min): {env['load_average_at_start']} on {device['cpu_cores']} cores")
+    return lines

@@ -430,21 +430,12 @@ def summarize(runs: dict[str, list[dict]]) -> dict:
 # ==== report =======================================================================================================
 def markdown(report: dict, png_names: dict[str, str]) -> str:
     s = report["settings"]
-    lines = [
-        f"# Generation benchmark: {report['model']}",
-        "",
-        f"- command: `{report['command']}`",
-        f"- date: {report['date']}; device: {report['device']['name']}"
-        + (f" (capped to {report['vram_cap_gb']:g} GB)" if report.get("vram_cap_gb") else ""),
-        f"- {s['height']}x{s['width']}, true CFG scale {s['true_cfg_scale']:g}, schedule mode {s['mode']}, seed {s['seed']}; "
+    lines = [f"# Generation benchmark: {report['model']}", ""] + C.header_lines(
+        report,
+        f"{s['height']}x{s['width']}, true CFG scale {s['true_cfg_scale']:g}, schedule mode {s['mode']}, seed {s['seed']}; "
         f"Glance = 5 slow + 5 fast steps, base = {s['base_steps']} steps; {s['warmup']} warm-up run(s) of each, "
         f"then the median of {s['repeats']} timed run(s) of each, alternating",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in report["environment"]["versions"].items() if v)
-        + f"; torch threads: {report['environment']['torch_threads']}",
-    ]
-    if "load_average_at_start" in report["environment"]:
-        lines.append(f"- machine load average at start (1/5/15 min): {report['environment']['load_average_at_start']} "
-                     f"on {report['device']['cpu_cores']} cores")  # fmt: skip
+    )
     for name, profile in report["profiles"].items():
         cuda = profile["device"]["type"] == "cuda"
         mem = "peak allocated / reserved" if cuda else "peak RSS"

@@ -127,20 +127,11 @@ def bench_profile(args, profile_name: str, data: Path, overrides: dict, say) -> 
 
 def markdown(report: dict) -> str:
     s = report["settings"]
-    lines = [
-        f"# Training benchmark: {report['model']}, {s['phase']}-LoRA",
-        "",
-        f"- command: `{report['command']}`",
-        f"- date: {report['date']}; device: {report['device']['name']}"
-        + (f" (capped to {report['vram_cap_gb']:g} GB)" if report.get("vram_cap_gb") else ""),
-        f"- {s['steps']} steps per profile at resolution {s['resolution']} (long side), batch 1; the first "
+    lines = [f"# Training benchmark: {report['model']}, {s['phase']}-LoRA", ""] + C.header_lines(
+        report,
+        f"{s['steps']} steps per profile at resolution {s['resolution']} (long side), batch 1; the first "
         f"{s['warmup_steps']} step(s) are left out of the median",
-        "- versions: " + ", ".join(f"{k} {v}" for k, v in report["environment"]["versions"].items() if v)
-        + f"; torch threads: {report['environment']['torch_threads']}",
-    ]
-    if "load_average_at_start" in report["environment"]:
-        lines.append(f"- machine load average at start (1/5/15 min): {report['environment']['load_average_at_start']} "
-                     f"on {report['device']['cpu_cores']} cores")  # fmt: skip
+    )
     rows = []
     for name, p in report["profiles"].items():
         cuda = p["device"]["type"] == "cuda"

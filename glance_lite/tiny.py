@@ -194,13 +194,22 @@ def _qwen_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGen
 
     Qwen-Image uses only the last hidden state; the vision tower serves Qwen-Image-Edit's condition image.
     """
+    config = small_qwen_vl_config(tokenizer, width=_TEXT_WIDTH, heads=_TEXT_WIDTH // _HEAD_DIM, kv_heads=1)
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
+def small_qwen_vl_config(tokenizer, width: int, heads: int, kv_heads: int, vision_width: int = 32) -> Qwen2_5_VLConfig:
+    """A 2-layer Qwen2.5-VL text model `width` wide with a 1-block vision tower; token ids from `tokenizer`.
+
+    Shared by the tiny models and the pocket model (glance_lite/pocket/base.py).
+    """
     text = dict(
         vocab_size=len(tokenizer),
-        hidden_size=_TEXT_WIDTH,
-        intermediate_size=2 * _TEXT_WIDTH,
+        hidden_size=width,
+        intermediate_size=2 * width,
         num_hidden_layers=2,
-        num_attention_heads=_TEXT_WIDTH // _HEAD_DIM,
-        num_key_value_heads=1,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
         max_position_embeddings=4096,
         rms_norm_eps=1e-6,
         # Multimodal RoPE: (temporal, height, width) sections sum to half the head dim.
@@ -210,13 +219,13 @@ def _qwen_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGen
     )
     vision = dict(
         depth=1,
-        hidden_size=_TEXT_WIDTH,
-        intermediate_size=2 * _TEXT_WIDTH,
+        hidden_size=vision_width,
+        intermediate_size=2 * vision_width,
         num_heads=2,
-        out_hidden_size=_TEXT_WIDTH,
+        out_hidden_size=width,
         fullatt_block_indexes=[0],
     )
-    config = Qwen2_5_VLConfig(
+    return Qwen2_5_VLConfig(
         text_config=text,
         vision_config=vision,
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
@@ -224,7 +233,6 @@ def _qwen_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGen
         vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
     )
-    return Qwen2_5_VLForConditionalGeneration(config)
 
 
 def _qwen_transformer() -> QwenImageTransformer2DModel:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline, QwenImageTransformer2DModel
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLForConditionalGeneration
 
 from ..tiny import _from_real_config
 from . import world
@@ -42,22 +42,9 @@ TRANSFORMER_SIZE = dict(
 
 def build_text_encoder(tokenizer) -> Qwen2_5_VLForConditionalGeneration:
     """Frozen random Qwen2.5-VL text model, 2 layers x 64 wide (4 heads x 16), from a fixed seed."""
-    text = dict(
-        vocab_size=len(tokenizer), hidden_size=TEXT_WIDTH, intermediate_size=2 * TEXT_WIDTH, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-    )  # fmt: skip
-    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=TEXT_WIDTH, fullatt_block_indexes=[0])
-    config = Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
-    )
+    from ..tiny import small_qwen_vl_config
+
+    config = small_qwen_vl_config(tokenizer, width=TEXT_WIDTH, heads=4, kv_heads=2)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TEXT_ENCODER_SEED)
         model = Qwen2_5_VLForConditionalGeneration(config).eval().requires_grad_(False)

@@ -245,20 +245,24 @@ class Bench:
         }
 
     def swap(self) -> dict | None:
-        """use_adapter slow <-> fast on the loaded transformer, `--swap-repeats` times each way."""
+        """use_adapter slow <-> fast on the loaded transformer, `--swap-repeats` times each way (fusing the adapter
+        into the weights when the profile says `fuse_lora`, as the sampler does)."""
         if not {"slow", "fast"} <= set(self.glance.loras):
             return None
         transformer = self.glance.manager.bring("transformer")
+        fuse = self.profile.fuse_lora
         times = []
-        _sampler.use_adapter(transformer, "slow")
+        _sampler.use_adapter(transformer, "slow", fuse=fuse)
         for i in range(2 * self.args.swap_repeats):
             target = "fast" if i % 2 == 0 else "slow"
             _sync(self.device)
             start = time.perf_counter()
-            _sampler.use_adapter(transformer, target)
+            _sampler.use_adapter(transformer, target, fuse=fuse)
             _sync(self.device)
             times.append(time.perf_counter() - start)
-        return {"seconds": C.median(times), "all_seconds": times, "what": "glance_lite.sampler.use_adapter, slow <-> fast"}
+        _sampler.restore_base_weights(transformer)
+        what = "glance_lite.sampler.use_adapter, slow <-> fast" + (" (fused: restore the base weights, merge the other)" if fuse else "")
+        return {"seconds": C.median(times), "all_seconds": times, "what": what}
 
     def reload(self) -> dict:
         """Evict the transformer and bring it back with both adapters: the cost a reload-per-phase pipeline pays."""
@@ -324,9 +328,9 @@ def phase_probe(tracker: MemoryTracker, phases, adapters: bool = True):
     original = _sampler.use_adapter
     names = iter(phases)
 
-    def use_adapter(transformer, adapter):
+    def use_adapter(transformer, adapter, **kwargs):
         tracker.split(next(names, adapter or "base"))
-        return original(transformer, adapter if adapters else None)
+        return original(transformer, adapter if adapters else None, **kwargs)
 
     _sampler.use_adapter = use_adapter
     try:
@@ -360,6 +364,7 @@ def bench_profile(args, profile_name: str, lora_dir: Path, say) -> dict:
         result = {
             "profile": bench.profile.name,
             "profile_description": bench.profile.description,
+            "fuse_lora": bench.profile.fuse_lora,
             "device": C.describe_device(bench.device, args.vram_cap),
             "load": load,
             "runs": summary,
@@ -483,8 +488,9 @@ def markdown(report: dict, png_names: dict[str, str]) -> str:
         if overhead:
             lines.append(
                 f"- the same 10 steps with the adapters disabled: sampling {C.fmt_seconds(overhead['sampling_seconds_without_lora'])} "
-                f"(with LoRAs {C.fmt_seconds(overhead['sampling_seconds_with_lora'])}: the unfused LoRA layers cost "
-                f"{overhead['relative'] * 100:+.0f}% per step here); base / Glance-without-LoRA denoise "
+                f"(with LoRAs {C.fmt_seconds(overhead['sampling_seconds_with_lora'])}: the "
+                f"{'LoRAs, fused into the weights by the profile (fuse_lora), swaps included,' if profile.get('fuse_lora') else 'unfused LoRA layers'} "
+                f"cost {overhead['relative'] * 100:+.0f}% over these steps); base / Glance-without-LoRA denoise "
                 f"{C.fmt_ratio(overhead['base_over_glance_without_lora_denoise'])}"
             )
         if swap:

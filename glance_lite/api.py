@@ -195,7 +195,8 @@ class Glance:
                 state = family.prepare_latents(pipe, height, width, generator, cond["prompt_embeds"].dtype, device, condition)
                 run = sample(
                     pipe.transformer, family, plan, state, cond, uncond, scale, adapters,
-                    batch_cfg=bool(getattr(self.profile, "batch_cfg", False)), progress=progress,
+                    batch_cfg=bool(getattr(self.profile, "batch_cfg", False)),
+                    fuse_adapters=bool(getattr(self.profile, "fuse_lora", False)), progress=progress,
                 )  # fmt: skip
                 latents.append(run.latents)
                 for phase, seconds in run.phase_seconds.items():

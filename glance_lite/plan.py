@@ -530,6 +530,14 @@ def lora_block_params(inv: Inventory, target_modules: Iterable[str], rank: int) 
     return per_block
 
 
+def lora_wrapped_weight_params(inv: Inventory, target_modules: Iterable[str]) -> dict[int | None, int]:
+    """Weight elements of the Linears the LoRAs wrap, per block: what `fuse_lora` keeps a second copy of."""
+    per_block: dict[int | None, int] = {}
+    for layer in lora_target_layers(inv, target_modules):
+        per_block[layer.block] = per_block.get(layer.block, 0) + layer.weight_numel
+    return per_block
+
+
 # =====================================================================================================================
 # Activations
 # =====================================================================================================================
@@ -654,8 +662,9 @@ class ComponentPlan:
     blocks: int
     largest_block_bytes: int  # including the adapters inside it
     outside_blocks_bytes: int
-    adapter_bytes: int = 0  # LoRA adapters loaded for generation (transformer only)
+    adapter_bytes: int = 0  # LoRA adapters loaded for generation (transformer only), fused_copy_bytes included
     adapter_params: int = 0
+    fused_copy_bytes: int = 0  # fuse_lora: the kept copy of the weights the LoRAs wrap
     block_bytes: tuple[int, ...] = field(default=(), repr=False)  # per repeated block, adapters included
 
 
@@ -856,7 +865,9 @@ class MemoryPlan:
             f"({card}, {p.system_ram_gb:g} GiB RAM)",
         ]
         for c in self.components.values():
-            adapters = f" + adapters {_gib(c.adapter_bytes)}" if c.adapter_bytes else ""
+            adapters = f" + adapters {_gib(c.adapter_bytes - c.fused_copy_bytes)}" if c.adapter_bytes else ""
+            if c.fused_copy_bytes:
+                adapters += f" + fuse_lora copy {_gib(c.fused_copy_bytes)}"
             lines.append(
                 f"  {c.name:<15} {c.params:>15,} params  {c.dtype:<8} {c.quantization:<14} {c.placement:<16} "
                 f"{_gib(c.bytes)}{adapters}"
@@ -905,14 +916,19 @@ def _family(pipeline_class: str):
     return family_for_pipeline_class(pipeline_class)
 
 
-def _component_plan(inv: Inventory, policy: ComponentPolicy, lora: dict[int | None, int], adapters: int) -> ComponentPlan:
-    """Sizes of one component under its policy; `lora` = adapter parameters per block, `adapters` = how many."""
+def _component_plan(
+    inv: Inventory, policy: ComponentPolicy, lora: dict[int | None, int], adapters: int, fused_copy: dict[int | None, int]
+) -> ComponentPlan:
+    """Sizes of one component under its policy; `lora` = adapter parameters per block, `adapters` = how many,
+    `fused_copy` = weight elements per block kept a second time by fuse_lora."""
     dtype_bytes = DTYPE_BYTES[policy.dtype]
+    extra = {block: adapters * lora.get(block, 0) + fused_copy.get(block, 0) for block in {*lora, *fused_copy}}
     per_block = [
-        component_bytes(inv, policy.dtype, policy.quantization, block=i) + adapters * lora.get(i, 0) * dtype_bytes
+        component_bytes(inv, policy.dtype, policy.quantization, block=i) + extra.get(i, 0) * dtype_bytes
         for i in range(len(inv.blocks))
     ]
     adapter_params = adapters * sum(lora.values())
+    fused_copy_bytes = sum(fused_copy.values()) * dtype_bytes
     return ComponentPlan(
         name=inv.name,
         params=inv.num_params,
@@ -924,9 +940,10 @@ def _component_plan(inv: Inventory, policy: ComponentPolicy, lora: dict[int | No
         blocks=len(inv.blocks),
         largest_block_bytes=max(per_block, default=0),
         outside_blocks_bytes=component_bytes(inv, policy.dtype, policy.quantization, block=None)
-        + adapters * lora.get(None, 0) * dtype_bytes,
-        adapter_bytes=adapter_params * dtype_bytes,
+        + extra.get(None, 0) * dtype_bytes,
+        adapter_bytes=adapter_params * dtype_bytes + fused_copy_bytes,
         adapter_params=adapter_params,
+        fused_copy_bytes=fused_copy_bytes,
         block_bytes=tuple(per_block),
     )
 
@@ -1141,8 +1158,11 @@ def plan(
     transformer = inventories["transformer"]
 
     lora = lora_block_params(transformer, family.lora_target_modules, rank)
+    fused_copy = lora_wrapped_weight_params(transformer, family.lora_target_modules) if profile.fuse_lora else {}
     comps = {
-        name: _component_plan(inv, profile.component(name), lora if name == "transformer" else {}, 2 if name == "transformer" else 0)
+        name: _component_plan(inv, profile.component(name), lora, 2, fused_copy)
+        if name == "transformer"
+        else _component_plan(inv, profile.component(name), {}, 0, {})
         for name, inv in inventories.items()
     }
     gpus = profile.num_gpus if num_gpus is None else num_gpus

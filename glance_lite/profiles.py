@@ -28,6 +28,7 @@ import yaml
 QUANTIZATIONS = ("none", "bnb-nf4", "bnb-int8", "quanto-qfloat8", "quanto-qint8", "quanto-qint4")
 # Without a GPU a component either stays in RAM, is freed after its stage, or runs block by block (cpu -> cpu).
 CPU_PLACEMENTS = ("cpu", "evict_after_use", "group_offload")
+FUSABLE_PLACEMENTS = ("resident", "cpu", "evict_after_use")  # fuse_lora: offload hooks would move the weights
 PLACEMENTS = ("resident", "evict_after_use", "model_offload", "group_offload", "sharded", "cpu")
 DTYPES = ("bfloat16", "float16", "float32")
 DEVICES = ("cuda", "cpu")
@@ -98,6 +99,7 @@ class Profile:
     training: TrainingPolicy
     attention: str = "sdpa"
     batch_cfg: bool = True
+    fuse_lora: bool = False  # merge the phase's LoRA into the weights while it runs (see glance_lite.adapters)
     source: str = field(default="", compare=False)
 
     def component(self, name: str) -> ComponentPolicy:
@@ -161,6 +163,7 @@ _TOP_FIELDS = {
     "compute_dtype": _Field((str,), DTYPES),
     "attention": _Field((str,), ATTENTION_BACKENDS, required=False),
     "batch_cfg": _Field((bool,), required=False),
+    "fuse_lora": _Field((bool,), required=False),
     "components": _Field((dict,)),
     "training": _Field((dict,)),
 }
@@ -251,6 +254,17 @@ def _check_consistency(data: dict) -> list[str]:
             errors.append(f"{path}.gpu = {policy['gpu']} but the profile has num_gpus = {num_gpus}")
         if on_cpu and policy["quantization"].startswith("bnb-"):
             errors.append(f"{path}.quantization = {policy['quantization']!r} needs a CUDA GPU (bitsandbytes loading)")
+    transformer = components.get("transformer", {})
+    if data.get("fuse_lora") and transformer.get("quantization", "none") != "none":
+        errors.append(
+            f"fuse_lora needs unquantized transformer weights (components.transformer.quantization is "
+            f"{transformer['quantization']!r}): set fuse_lora: false"
+        )
+    if data.get("fuse_lora") and transformer.get("placement") not in FUSABLE_PLACEMENTS:
+        errors.append(
+            f"fuse_lora needs transformer weights that stay in place ({', '.join(FUSABLE_PLACEMENTS)}); "
+            f"components.transformer.placement is {transformer.get('placement')!r}: set fuse_lora: false"
+        )
     if training["block_offload"] and "blocks_per_group" not in training:
         errors.append("training.blocks_per_group is required when training.block_offload is true")
     if not training["block_offload"] and "blocks_per_group" in training:
@@ -318,6 +332,7 @@ def _build(data: dict, source: str) -> Profile:
         training=TrainingPolicy(**data["training"]),
         attention=data.get("attention", "sdpa"),
         batch_cfg=data.get("batch_cfg", True),
+        fuse_lora=data.get("fuse_lora", False),
         source=source,
     )
 

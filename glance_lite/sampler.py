@@ -2,7 +2,8 @@
 
 The loop knows nothing about a particular model: the family calls the stock transformer forward and combines
 guidance as its stock pipeline does; the phase plan says which timestep the model sees and how far each step
-moves the latent. One transformer serves every phase: adapters are switched by name, never reloaded.
+moves the latent. One transformer serves every phase: adapters are switched by name (or fused into the weights for
+the phase, see `adapters`), never reloaded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from .adapters import restore_base_weights, use_adapter
 from .families import Conditioning, LatentState, ModelFamily
 from .schedule import PhasePlan, Step
 
@@ -27,28 +29,6 @@ class SamplingResult:
     latents: torch.Tensor
     phase_seconds: dict[str, float] = field(default_factory=dict)
     switch_seconds: dict[str, float] = field(default_factory=dict)
-
-
-_UNKNOWN = object()
-
-
-def use_adapter(transformer, adapter: str | None) -> None:
-    """Make `adapter` the only active LoRA (None: the plain base model). Cheap: flips flags, moves no weights.
-
-    Re-enabling adapters walks every layer, so it is done only when coming back from the plain base model.
-    """
-    if not getattr(transformer, "peft_config", None):
-        if adapter is not None:
-            raise ValueError(f"Adapter {adapter!r} was requested but the transformer has no adapters loaded.")
-        return
-    previous = getattr(transformer, "_glance_active_adapter", _UNKNOWN)
-    if adapter is None:
-        transformer.disable_adapters()
-    else:
-        if previous is None or previous is _UNKNOWN:
-            transformer.enable_adapters()
-        transformer.set_adapters([adapter])
-    transformer._glance_active_adapter = adapter
 
 
 def euler_step(latents: torch.Tensor, velocity: torch.Tensor, step: Step) -> torch.Tensor:
@@ -104,35 +84,43 @@ def sample(
     true_cfg_scale: float,
     adapters: Mapping[str, str | None],
     batch_cfg: bool = False,
+    fuse_adapters: bool = False,
     progress: bool = True,
     on_phase_end: Callable[[str], None] | None = None,
 ) -> SamplingResult:
-    """Run every phase of `plan` from `state.latents`; returns the final latents and per-phase wall times."""
+    """Run every phase of `plan` from `state.latents`; returns the final latents and per-phase wall times.
+
+    `fuse_adapters` merges each phase's adapter into the weights while it runs; the base weights are back when
+    this returns, whatever happens.
+    """
     latents = state.latents
     device = latents.device
     result = SamplingResult(latents)
     bar = tqdm(total=len(plan.steps), disable=not progress, desc="denoise", unit="step")
-    with torch.no_grad():
-        for phase in plan.phases:
-            start = time.perf_counter()
-            use_adapter(transformer, adapters.get(phase))
-            result.switch_seconds[phase] = time.perf_counter() - start
-            bar.set_description(f"{phase} ({adapters.get(phase) or 'base'})")
-            start = time.perf_counter()
-            for index, step in enumerate(plan.phase(phase)):
-                v = predict_velocity(transformer, family, state, latents, step, cond, uncond, true_cfg_scale, batch_cfg)
-                latents = euler_step(latents, v, step)
-                if not torch.isfinite(latents).all():
-                    raise NonFiniteLatentsError(
-                        f"The latent became NaN/inf in the {phase} phase, step {index} (t={step.timestep:.1f}), "
-                        f"computing in {v.dtype}. Qwen-Image overflows in pure float16; use a bfloat16 profile, "
-                        "or a V100 profile that computes the overflowing layers in float32. No image was written."
-                    )
-                bar.update()
-            _synchronize(device)
-            result.phase_seconds[phase] = time.perf_counter() - start
-            if on_phase_end is not None:
-                on_phase_end(phase)
+    try:
+        with torch.no_grad():
+            for phase in plan.phases:
+                start = time.perf_counter()
+                use_adapter(transformer, adapters.get(phase), fuse=fuse_adapters)
+                result.switch_seconds[phase] = time.perf_counter() - start
+                bar.set_description(f"{phase} ({adapters.get(phase) or 'base'})")
+                start = time.perf_counter()
+                for index, step in enumerate(plan.phase(phase)):
+                    v = predict_velocity(transformer, family, state, latents, step, cond, uncond, true_cfg_scale, batch_cfg)
+                    latents = euler_step(latents, v, step)
+                    if not torch.isfinite(latents).all():
+                        raise NonFiniteLatentsError(
+                            f"The latent became NaN/inf in the {phase} phase, step {index} (t={step.timestep:.1f}), "
+                            f"computing in {v.dtype}. Qwen-Image overflows in pure float16; use a bfloat16 profile, "
+                            "or a V100 profile that computes the overflowing layers in float32. No image was written."
+                        )
+                    bar.update()
+                _synchronize(device)
+                result.phase_seconds[phase] = time.perf_counter() - start
+                if on_phase_end is not None:
+                    on_phase_end(phase)
+    finally:
+        restore_base_weights(transformer)
     bar.close()
     result.latents = latents
     return result

@@ -1,5 +1,6 @@
 """generate(): reproducible images, the stock pipeline reproduced, adapters switched in place, fast failures."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -82,7 +83,10 @@ def test_switching_adapters_equals_pipelines_loaded_with_only_that_adapter(qwen_
     state = family.prepare_latents(pipe, 128, 128, torch.Generator().manual_seed(1), cond["prompt_embeds"].dtype, "cpu")
     for glance, phase in ((only_slow, "slow"), (only_fast, "fast")):
         sub_plan = PhasePlan(plan.phase(phase), plan.mode, plan.image_seq_len, plan.mu)
-        state.latents = sample(glance.manager.pipe.transformer, family, sub_plan, state, cond, uncond, 5.0, {phase: phase}, progress=False).latents
+        state.latents = sample(
+            glance.manager.pipe.transformer, family, sub_plan, state, cond, uncond, 5.0, {phase: phase},
+            fuse_adapters=glance.profile.fuse_lora, progress=False,
+        ).latents
     assert torch.equal(result.latents[0], state.latents)
 
 
@@ -95,6 +99,21 @@ def test_the_transformer_is_loaded_once_per_load_and_adapters_switch_in_place(qw
     assert torch.equal(first.latents[0], again.latents[0])  # slow -> fast -> base -> slow leaves no trace
     assert not torch.equal(first.latents[0][:, :4], base.latents[0][:, :4])
     assert [r.adapter_name for r in first.lora_reports] == ["slow", "fast"]
+
+
+def test_fused_phases_give_the_unfused_result_and_leave_the_base_weights_bit_identical(qwen_loras):
+    fused = load("tiny/qwen-image", *qwen_loras, profile="cpu")
+    assert fused.profile.fuse_lora
+    transformer = fused.manager.bring("transformer")
+    untouched = {k: v.clone() for k, v in transformer.state_dict().items()}
+    fast = fused.generate("a red cube", height=64, width=64, output_type="latent", progress=False)
+    assert all(torch.equal(untouched[k], v) for k, v in transformer.state_dict().items())
+
+    unfused = load("tiny/qwen-image", *qwen_loras, profile=dataclasses.replace(fused.profile, fuse_lora=False))
+    slow = unfused.generate("a red cube", height=64, width=64, output_type="latent", progress=False)
+    plain = load("tiny/qwen-image", profile="cpu").generate("a red cube", height=64, width=64, output_type="latent", progress=False)
+    assert torch.allclose(fast.latents[0], slow.latents[0], atol=1e-5)  # the same sums, rounded in another order
+    assert not torch.allclose(fast.latents[0], plain.latents[0], atol=1e-2)  # and the LoRAs were applied
 
 
 def test_loras_change_the_image_and_a_list_of_prompts_gives_one_image_each(qwen_loras):

@@ -236,6 +236,21 @@ def test_planned_bytes_equal_the_loaded_tiny_models(model_id, dtype):
         assert component_bytes(inventory(component), dtype) == _param_bytes(module), (model_id, component.name, dtype)
 
 
+def test_the_fuse_lora_copy_is_planned_at_the_size_the_sampler_keeps(qwen_loras):
+    from glance_lite.api import load
+
+    glance = load("tiny/qwen-image", *qwen_loras, profile="cpu")
+    glance.generate("a red cube", height=64, width=64, output_type="latent", progress=False)
+    originals = glance.manager.pipe.transformer._glance_adapters.originals
+    kept = sum(t.numel() * t.element_size() for pairs in originals.values() for _, t in pairs)
+    fused = plan("tiny/qwen-image", "cpu", 64, 64)
+    unfused = plan("tiny/qwen-image", dataclasses.replace(load_profile("cpu"), fuse_lora=False), 64, 64)
+    assert fused.components["transformer"].fused_copy_bytes == kept > 0
+    assert unfused.components["transformer"].fused_copy_bytes == 0
+    ram = fused.stages["slow_phase"].weights["cpu"] - unfused.stages["slow_phase"].weights["cpu"]
+    assert ram == kept
+
+
 @pytest.mark.parametrize("qtype", ["qfloat8", "qint8", "qint4"])
 @pytest.mark.parametrize("model_id", ["tiny/qwen-image", "tiny/flux"])
 def test_planned_bytes_equal_a_quanto_quantized_transformer(model_id, qtype):

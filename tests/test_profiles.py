@@ -137,6 +137,8 @@ def test_missing_required_key_is_reported(tmp_path):
         ("4090", lambda d: d["training"].pop("blocks_per_group"), r"training\.blocks_per_group is required"),
         ("cpu", lambda d: d["components"]["transformer"].update(quantization="bnb-nf4"), r"needs a CUDA GPU"),
         ("cpu", lambda d: d["components"]["vae"].update(placement="resident"), r"not possible on device cpu"),
+        ("cpu", lambda d: d["components"]["transformer"].update(quantization="quanto-qint8"), r"fuse_lora needs unquantized transformer weights .*'quanto-qint8'.*set fuse_lora: false"),
+        ("4090", lambda d: d.update(fuse_lora=True), r"fuse_lora needs transformer weights that stay in place .*'group_offload'"),
         ("multi-gpu", lambda d: d["components"]["text_encoder"].update(gpu=2), r"components\.text_encoder\.gpu = 2 but the profile has num_gpus = 2"),
     ],
 )

@@ -133,6 +133,8 @@ def test_a_trained_adapter_gives_identical_samples_in_glance_lite_and_in_plain_d
     else:
         pipe = source.family.pipeline_class.from_pretrained(source.location)
     pipe.load_lora_weights(str(path), adapter_name=phase)
+    assert glance.profile.fuse_lora  # the cpu profile merges the phase's LoRA while it runs: so does fuse_lora()
+    pipe.fuse_lora(adapter_names=[phase])
     realign(pipe.transformer)
     stock = pipe(prompt=result.captions[0], height=SIZE, width=SIZE, num_inference_steps=steps, output_type="latent",
                  generator=torch.Generator().manual_seed(11), **stock_kwargs).images  # fmt: skip

@@ -546,6 +546,19 @@ def write_random_lora(transformer, family, path: Path, *, rank: int, alpha: floa
         transformer.delete_adapters(name)
 
 
+def run_command_line(main) -> int:
+    """The scripts' entry point: a user's mistake (unknown profile or model, bad profile YAML, missing file, a plan
+    that does not fit) is one `error:` line and exit status 2, not a traceback; an OOM says what to try."""
+    from glance_lite.manager import StageOutOfMemoryError
+
+    try:
+        main()
+    except (ValueError, FileNotFoundError, StageOutOfMemoryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def keeping_torch_state(run, argv):
     """`run(argv)` with torch's thread count and CPU RNG restored afterwards (benchmarks are called from tests too)."""
     threads = torch.get_num_threads()

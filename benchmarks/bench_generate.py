@@ -628,4 +628,4 @@ def _family(model: str):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(C.run_command_line(main))

@@ -236,4 +236,4 @@ def _main(argv: list[str] | None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(C.run_command_line(main))

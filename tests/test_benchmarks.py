@@ -133,3 +133,14 @@ def test_train_benchmark_times_steps_and_records_peak_memory(tmp_path):
     assert len(profile["step_seconds"]["all"]) == 3 and profile["step_seconds"]["median"] > 0
     assert profile["stages"]["train_slow"]["peak_bytes"] > 0
     assert "s / step (median)" in report["paths"]["markdown"].read_text()
+
+
+@pytest.mark.parametrize("script", ["bench_generate", "bench_train"])
+def test_a_bad_profile_is_one_error_line_and_exit_status_2(script, tmp_path, capsys):
+    module = bench(script)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((BENCHMARKS.parent / "profiles" / "cpu.yaml").read_text().replace("placement: cpu}", "placement: kitchen}"))
+    for profile, message in (("nope", "Unknown profile 'nope'. Built-in profiles: "), (str(bad), "is not one of")):
+        status = bench("_common").run_command_line(lambda: module.main(["--model", "tiny/qwen-image", "--profile", profile]))
+        err = capsys.readouterr().err
+        assert status == 2 and err.startswith("error: ") and message in err and "Traceback" not in err

@@ -1,8 +1,9 @@
 """Which phase LoRA the transformer computes with: switched by name, or fused into the weights for a phase.
 
 Switched (every GPU profile): both adapters stay peft LoRA layers and the phase picks one by name. Nothing moves,
-but each wrapped Linear runs its LoRA branch (two small matmuls) on every call: about 1-2 % of a full-size model's
-step, yet half a step on the tiny CPU models, where every extra module call costs as much as a matmul.
+but each wrapped Linear runs its LoRA branch (two small matmuls) on every call: by FLOP count 1-2 % of a
+full-size model's step, yet half a step on the tiny CPU models, where every extra module call costs as much as
+a matmul.
 
 Fused (profile `fuse_lora: true`, the cpu profile): as a phase starts, peft merges its adapter into the wrapped
 weights, so a step costs what a base-model step costs. Undoing a merge by subtraction drifts by rounding, so the

@@ -87,9 +87,9 @@ class MemoryTracker:
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            seconds = time.perf_counter() - start
             self._sample()
-            self._end_part()
+            self._end_part()  # before the stage's clock stops: the stage covers all of its parts
+            seconds = time.perf_counter() - start
             reserved = None
             if self.device.type == "cuda":
                 peak = max(torch.cuda.max_memory_allocated(self.device), self._carried[0])

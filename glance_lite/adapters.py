@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+
 @dataclass
 class _AdapterState:
     """What the transformer computes with now; kept on the transformer (`_glance_adapters`)."""

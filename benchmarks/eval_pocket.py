@@ -244,12 +244,19 @@ def write_markdown(info: dict, path: Path) -> Path:
     return path
 
 
+def evaluation_parser(description: str, stem: str) -> argparse.ArgumentParser:
+    """The options every pocket evaluation script takes."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--stem", default=stem)
+    p.add_argument("--work", type=Path, default=None, help="where the one-sample data and LoRAs go (default: a temporary folder)")
+    p.add_argument("--threads", type=int, default=1)
+    return p
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    p.add_argument("--stem", default="pocket-glance")
-    p.add_argument("--work", type=Path, default=None, help="where the one-sample dataset and LoRAs go (default OUT/STEM-work)")
+    p = evaluation_parser(__doc__, "pocket-glance")
     p.add_argument("--slow-lora", type=Path, default=None)
     p.add_argument("--fast-lora", type=Path, default=None)
     p.add_argument("--train-steps", type=int, default=None, help="override the demo recipe's steps per phase")
@@ -257,7 +264,6 @@ def main(argv=None) -> int:
     p.add_argument("--prompts", type=int, default=0, help="only the first N held-out prompts (default all 26)")
     p.add_argument("--grid-rows", type=int, default=6)
     p.add_argument("--from-json", type=Path, default=None, help="only rewrite the markdown from a JSON this script wrote")
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     args.argv = argv
     torch.set_num_threads(args.threads)
@@ -265,6 +271,7 @@ def main(argv=None) -> int:
         info = json.loads(args.from_json.read_text())
     else:
         info = run(args)
+    args.out.mkdir(parents=True, exist_ok=True)
     write_markdown(info, args.out / f"{args.stem}.md")
     print(markdown_table(info))
     print(json.dumps({k: v for k, v in info.items() if k != "methods"}, indent=2))

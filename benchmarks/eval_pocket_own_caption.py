@@ -19,7 +19,6 @@ Writes <out>/<stem>.md (table), <stem>.json (every number), <stem>.png (seed 0, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import sys
@@ -34,7 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval_pocket import MODEL, psnr  # noqa: E402
+from eval_pocket import MODEL, evaluation_parser, psnr  # noqa: E402
 
 # A LoRA pair trained "for a few steps" (tests/test_pocket_glance.py trains with exactly these settings).
 FEW_STEPS = dict(rank=8, alpha=32, steps=10, learning_rate=3e-4, warmup_steps=2, caption_dropout=0.0)
@@ -167,12 +166,8 @@ def write_markdown(info: dict, path: Path) -> Path:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    p.add_argument("--stem", default="pocket-own-caption")
-    p.add_argument("--work", type=Path, default=None, help="where the one-sample datasets and LoRAs go (default: a temp folder)")
+    p = evaluation_parser(__doc__, "pocket-own-caption")
     p.add_argument("--seeds", type=int, default=3, help="noise seeds 0..N-1 (default 3, as the test)")
-    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     args.argv = argv
     torch.set_num_threads(args.threads)

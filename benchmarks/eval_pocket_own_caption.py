@@ -58,7 +58,7 @@ def _train_pair(work: Path, name: str, picture: Image.Image, caption: str, setti
 
 def run(args) -> dict:
     import glance_lite
-    from glance_lite.demo import CAPTION_FILE, CONFIG_FILE, demo_image
+    from glance_lite.demo import CAPTION_FILE, CONFIG_FILE, demo_image, side_by_side
     from glance_lite.train import read_config_file
 
     started = time.perf_counter()
@@ -94,8 +94,6 @@ def run(args) -> dict:
                              "train_seconds": round(train_seconds, 1)})  # fmt: skip
                 grid_row.append((f"Glance 10, {use}", images[(0, 5.0)]))
             grid.append(grid_row)
-
-    from glance_lite.demo import side_by_side
 
     args.out.mkdir(parents=True, exist_ok=True)
     picture_path = side_by_side(grid, args.out / f"{args.stem}.png", panel=128)

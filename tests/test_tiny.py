@@ -43,6 +43,14 @@ def small_image() -> PIL.Image.Image:
     return PIL.Image.fromarray(pixels)
 
 
+def assert_stock_call_draws(pipe, size: int, **call_kwargs) -> None:
+    """Two steps of the stock diffusers call give a size x size picture that is neither blank nor NaN."""
+    generator = torch.Generator().manual_seed(0)
+    image = pipe(height=size, width=size, num_inference_steps=2, output_type="np", generator=generator, **call_kwargs).images
+    assert image.shape == (1, size, size, 3)
+    assert np.isfinite(image).all() and image.std() > 0.01
+
+
 @pytest.mark.parametrize(
     "model_id, pipeline_class, call_kwargs",
     [
@@ -58,17 +66,7 @@ def test_saved_tiny_pipeline_loads_like_a_hub_folder_and_generates(home, model_i
 
     assert type(pipe) is pipeline_class
     assert not pipe.transformer.training
-    image = pipe(
-        prompt="a red cat on a mat",
-        height=128,
-        width=128,
-        num_inference_steps=2,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-        **call_kwargs,
-    ).images
-    assert image.shape == (1, 128, 128, 3)
-    assert np.isfinite(image).all() and image.std() > 0.01
+    assert_stock_call_draws(pipe, 128, prompt="a red cat on a mat", **call_kwargs)
 
 
 def test_tiny_edit_pipeline_loads_with_the_torchvision_free_processor_and_edits(home, monkeypatch):
@@ -77,20 +75,7 @@ def test_tiny_edit_pipeline_loads_with_the_torchvision_free_processor_and_edits(
     # The stock call VAE-encodes the condition at ~1024x1024; a 64x64 condition keeps the test quick.
     monkeypatch.setattr(pipeline_qwenimage_edit, "calculate_dimensions", lambda area, ratio: (64, 64, None))
 
-    image = pipe(
-        image=small_image(),
-        prompt="make the cat blue",
-        negative_prompt=" ",
-        true_cfg_scale=4.0,
-        height=64,
-        width=64,
-        num_inference_steps=2,
-        output_type="np",
-        generator=torch.Generator().manual_seed(0),
-    ).images
-
-    assert image.shape == (1, 64, 64, 3)
-    assert np.isfinite(image).all() and image.std() > 0.01
+    assert_stock_call_draws(pipe, 64, image=small_image(), prompt="make the cat blue", negative_prompt=" ", true_cfg_scale=4.0)
 
 
 def test_edit_prompt_embeddings_keep_the_image_tokens_and_drop_only_the_template():

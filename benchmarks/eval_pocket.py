@@ -44,11 +44,6 @@ SPLITS = {
 }
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
-    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def methods(split_names=("3+7", "7+3")):
     """(key, label, needs LoRAs, generate kwargs) for every column of the table."""
     from glance_lite.schedule import PhaseSplit
@@ -79,7 +74,7 @@ def train_loras(out: Path, steps: int | None = None, progress: bool = False):
 
 def run(args) -> dict:
     import glance_lite
-    from glance_lite.demo import side_by_side
+    from glance_lite.demo import psnr, side_by_side
     from glance_lite.pocket import checker, world
 
     started = time.perf_counter()

@@ -33,7 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eval_pocket import MODEL, evaluation_parser, psnr  # noqa: E402
+from eval_pocket import MODEL, evaluation_parser  # noqa: E402
 
 # A LoRA pair trained "for a few steps" (tests/test_pocket_glance.py trains with exactly these settings).
 FEW_STEPS = dict(rank=8, alpha=32, steps=10, learning_rate=3e-4, warmup_steps=2, caption_dropout=0.0)
@@ -58,7 +58,7 @@ def _train_pair(work: Path, name: str, picture: Image.Image, caption: str, setti
 
 def run(args) -> dict:
     import glance_lite
-    from glance_lite.demo import CAPTION_FILE, CONFIG_FILE, demo_image, side_by_side
+    from glance_lite.demo import CAPTION_FILE, CONFIG_FILE, demo_image, psnr, side_by_side
     from glance_lite.train import read_config_file
 
     started = time.perf_counter()
@@ -87,7 +87,7 @@ def run(args) -> dict:
                                              trained.adapters["fast"] if fast else None, profile="cpu", height=64, width=64)  # fmt: skip
                     images = {(s, cfg): _generate(model, caption, s, cfg) for s in seeds for cfg in GUIDANCE}
                 fidelity = {
-                    str(cfg): [round(psnr(np.asarray(images[(s, cfg)]), np.asarray(base50[(s, cfg)])), 2) for s in seeds]
+                    str(cfg): [round(psnr(images[(s, cfg)], base50[(s, cfg)]), 2) for s in seeds]
                     for cfg in GUIDANCE
                 }
                 rows.append({"picture": picture_name, "recipe": recipe_name, "loras": use, "psnr": fidelity,

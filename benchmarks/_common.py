@@ -101,7 +101,7 @@ def environment() -> dict:
     import importlib.metadata as md
 
     versions = {"python": platform.python_version()}
-    for package in ("torch", "diffusers", "transformers", "peft", "accelerate", "optimum-quanto", "bitsandbytes"):
+    for package in ("torch", "diffusers", "transformers", "peft", "accelerate", "torchao", "optimum-quanto", "bitsandbytes"):
         try:
             versions[package] = md.version(package)
         except md.PackageNotFoundError:
@@ -306,6 +306,20 @@ def _from_config(cls, config: dict, overrides: dict):
     return cls(**{k: v for k, v in config.items() if k in accepted} | overrides)
 
 
+def arch_configs(arch: Arch):
+    """The planner's view of an architecture (its transformer and VAE configs, overrides applied)."""
+    from glance_lite.plan import ModelConfigs
+    from glance_lite.plan.configs import ComponentConfig
+
+    components = []
+    for component in ("transformer", "vae"):
+        overrides = arch.transformer_overrides if component == "transformer" else arch.vae_overrides
+        config = {**arch.config(component), **{k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}}
+        components.append(ComponentConfig(component, "diffusers", config["_class_name"], json.dumps(config, sort_keys=True)))
+    scheduler = json.dumps(arch.config("scheduler"), sort_keys=True)
+    return ModelConfigs(f"random/{arch.name}", arch.pipeline_class_name, tuple(components), scheduler)
+
+
 def meta_module(arch: Arch, component: str):
     """`component` ("transformer" or "vae") of `arch` on the meta device: shapes and parameter counts, no memory.
 
@@ -347,9 +361,6 @@ def _random_init_(unit: torch.nn.Module, generator: torch.Generator, std: float)
                 param.normal_(0.0, std, generator=generator)
 
 
-QUANTO_WEIGHTS = {"quanto-qfloat8": "qfloat8", "quanto-qint8": "qint8", "quanto-qint4": "qint4"}
-
-
 def materialize_(
     module: torch.nn.Module,
     *,
@@ -363,13 +374,15 @@ def materialize_(
     """Give a meta-built module seeded random weights, one unit (block) at a time, and leave it on `home_device`.
 
     Each unit is allocated on `init_device` in `dtype` (fast random init on a GPU), quantized there if asked
-    (optimum-quanto, as diffusers' QuantoConfig does when loading: Linear weights only), then moved to
-    `home_device` (CPU RAM for offloaded placements). At most one unit is ever held twice, so a full-size model is
+    (`glance_lite.quantize.quantize_built`: torchao or quanto, the Linear weights the loaders quantize), then moved
+    to `home_device` (CPU RAM for offloaded placements). At most one unit is ever held twice, so a full-size model is
     never materialized in fp32 or on a device it would not fit.
     """
-    if quantization != "none" and quantization not in QUANTO_WEIGHTS:
+    from glance_lite.quantize import quantize_built
+
+    if quantization.startswith("bnb-"):
         raise ValueError(
-            f"Random weights support quanto quantizations ({', '.join(QUANTO_WEIGHTS)}) or none, not {quantization!r}: "
+            f"Random weights support torchao and quanto quantizations or none, not {quantization!r}: "
             "bitsandbytes quantizes only while loading a checkpoint."
         )
     for index, unit in enumerate(_units(module)):
@@ -381,14 +394,9 @@ def materialize_(
             setattr(unit.get_submodule(owner) if owner else unit, leaf, buf.to(init_device))
         generator = torch.Generator(device=init_device).manual_seed(seed * 100_003 + index)
         _random_init_(unit, generator, std)
-        if quantization != "none":
-            from optimum import quanto
-
-            quanto.quantize(unit, weights=getattr(quanto, QUANTO_WEIGHTS[quantization]))
-            quanto.freeze(unit)
+        quantize_built(unit, quantization)
         unit.to(home_device)
-    if quantization != "none":
-        module._glance_quantized = True
+    module._glance_quantized = quantization != "none"
     left = [name for name, p in module.named_parameters() if p.is_meta]
     if left:
         raise RuntimeError(f"materialize_ left {len(left)} parameters on the meta device, e.g. {left[:3]}")
@@ -398,7 +406,7 @@ def materialize_(
 def weight_bytes(module: torch.nn.Module, dtype: torch.dtype, quantization: str = "none") -> int:
     """Bytes the module's parameters take in `dtype`, or in 1 byte (int8/fp8) / half a byte (int4) when quantized."""
     count = sum(p.numel() for p in module.parameters())
-    per = {"quanto-qfloat8": 1, "quanto-qint8": 1, "quanto-qint4": 0.5}.get(quantization, torch.finfo(dtype).bits / 8)
+    per = {"quanto-qint4": 0.5}.get(quantization, 1 if quantization != "none" else torch.finfo(dtype).bits / 8)
     return int(count * per)
 
 
@@ -460,6 +468,12 @@ class RandomWeightManager(ComponentManager):
     def _dtype(self, component: str) -> torch.dtype:
         return getattr(torch, self.policy(component).dtype)
 
+    def plan(self):
+        """The plan of the architecture itself (resident blocks of a --num-layers build are its own)."""
+        from glance_lite.plan import plan as make_plan
+
+        return make_plan(arch_configs(self.source.arch), self.profile, *self.image_size, device=self.device_override)
+
     def _load_light_pipeline(self):
         """Scheduler and VAE (random, in CPU RAM like a loaded one); no tokenizers or text encoders."""
         from diffusers import FlowMatchEulerDiscreteScheduler
@@ -477,20 +491,19 @@ class RandomWeightManager(ComponentManager):
             vae.enable_tiling()
         return pipe
 
-    def _instantiate(self, component: str, policy):
+    def _instantiate(self, component: str, where):
         if component != "transformer":
             raise ValueError(f"random weights build only the transformer on demand, not {component!r}")
-        if policy.placement == "sharded":
+        if where.mode == "sharded":
             raise ValueError("random weights do not support the sharded (multi-GPU) placement")
-        on_device = policy.placement in ("resident", "evict_after_use")
         return materialize_(
             meta_module(self.source.arch, "transformer"),
-            dtype=self._dtype(component),
+            dtype=getattr(torch, where.dtype),
             init_device=self.device,
-            home_device=self.device if on_device else torch.device("cpu"),
+            home_device=self.device if where.mode == "whole" else torch.device("cpu"),
             seed=self.seed,
             std=self.init_std,
-            quantization=policy.quantization,
+            quantization=where.quantization,
         )
 
 
@@ -501,7 +514,7 @@ def check_random_build_fits(arch: Arch, profile, vram_cap_gb: float | None = Non
     policy = profile.component("transformer")
     dtype = getattr(torch, policy.dtype)
     device = device_for(profile)
-    if device.type == "cuda" and dtype == torch.float32 and arch.full_size:
+    if device.type == "cuda" and dtype == torch.float32 and arch.full_size and policy.quantization == "none":
         raise SystemExit("error: refusing to build a full-size transformer in float32 on the GPU; use a bf16/fp16 profile.")
     needed = weight_bytes(meta_module(arch, "transformer"), dtype, policy.quantization)
     on_gpu = device.type == "cuda" and policy.placement in ("resident", "evict_after_use")

@@ -10,11 +10,11 @@ architecture built on the meta device) is checked before anything heavy is loade
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import logging
 
 import torch
 
@@ -99,7 +99,8 @@ def _condition_image(image):
 
 def resolve_profile(profile, model: str, height: int, width: int):
     """A Profile from a Profile, a built-in name, a YAML path, or "auto" (the planner picks; it says why)."""
-    from .profiles import Profile, load_profile, select_profile
+    from .autoselect import select_profile
+    from .profiles import Profile, load_profile
 
     if isinstance(profile, Profile):
         return profile
@@ -119,7 +120,8 @@ def _lora_source(lora, weight_name: str | None) -> LoraSource | None:
 class Glance:
     """A loaded model: one transformer with its 'slow' and 'fast' adapters, reused by every `generate()`."""
 
-    def __init__(self, source: ModelSource, profile, loras: dict[str, LoraSource], lora_compat: LoraCompat, split: PhaseSplit, manager: ComponentManager | None = None):
+    def __init__(self, source: ModelSource, profile, loras: dict[str, LoraSource], lora_compat: LoraCompat, split: PhaseSplit,
+                 manager: ComponentManager | None = None, *, device: str | None = None, rank: int = 0):  # fmt: skip
         self.source = source
         self.family = source.family
         self.profile = profile
@@ -127,7 +129,8 @@ class Glance:
         self.lora_compat = lora_compat
         self.split = split
         self.lora_reports: list[LoraReport] = []
-        self.manager = manager or ComponentManager(source, profile)  # benchmarks pass one that builds random weights
+        # benchmarks pass a manager that builds random weights
+        self.manager = manager or ComponentManager(source, profile, device=device, rank=rank)
         self.manager.on_load("transformer", self._attach_adapters)
 
     def _attach_adapters(self, transformer) -> None:
@@ -183,11 +186,13 @@ class Glance:
         manager, family, device = self.manager, self.family, self.device
         manager.image_size = (height, width)
         first_record = len(manager.tracker.records)
+        text = manager.text_components()
+        text_device = manager.device_of(text[0]) if text else device  # the prompt is encoded where its encoder is
         with manager.stage("text_encode", manager.text_components()) as pipe:
-            conds = [_to(family.encode_prompt(pipe, p, device, condition), device) for p in prompts]
-            uncond = _to(family.encode_prompt(pipe, negative_prompt, device, condition), device) if scale > 1 else None
+            conds = [_to(family.encode_prompt(pipe, p, text_device, condition), device) for p in prompts]
+            uncond = _to(family.encode_prompt(pipe, negative_prompt, text_device, condition), device) if scale > 1 else None
 
-        denoise_components = ("transformer", "vae") if family.needs_condition_image else ("transformer",)
+        denoise_components = tuple(c for c in family.denoise_components if c in manager.components)
         latents, phase_seconds, switch_seconds = [], {}, {}
         with manager.stage("denoise", denoise_components) as pipe:
             for i, cond in enumerate(conds):
@@ -231,6 +236,8 @@ def load(
     height: int = 1024,
     width: int = 1024,
     condition_area: int | None = None,
+    device: str | None = None,
+    rank: int | None = None,
 ) -> Glance:
     """Resolve and check everything, then return a `Glance` whose `.generate()` reuses the loaded model.
 
@@ -238,6 +245,8 @@ def load(
     models with published Glance LoRAs (Qwen/Qwen-Image -> CSU-JPG/Glance) those are used unless you pass your
     own or `use_official_loras=False`. With no LoRAs the Glance schedule runs on the plain base model.
     `condition_area` (edit models): pixel area the input image is resized to (stock: 1024*1024).
+    `device="cpu"` runs the profile's choices (quantization, residency, placement) on the CPU; `rank` is this
+    process's index under `accelerate launch` (default: $LOCAL_RANK), which picks its GPUs.
     """
     source = resolve_model(model)
     family = source.family
@@ -257,14 +266,17 @@ def load(
         meta = meta_component(source)
         for src in loras.values():
             check_lora_fits(read_lora_file(src.resolve())[0], meta, family, str(src))
-    return Glance(source, resolved_profile, loras, lora_compat, split)
+    if device not in (None, "cpu"):
+        raise ValueError(f"device must be 'cpu' (run the profile's choices on the CPU) or left out, got {device!r}.")
+    rank = int(os.environ.get("LOCAL_RANK", 0)) if rank is None else rank
+    return Glance(source, resolved_profile, loras, lora_compat, split, device=device, rank=rank)
 
 
 def generate(prompt: str | Sequence[str], model: str = DEFAULT_MODEL, slow_lora=None, fast_lora=None, *, profile="auto", lora_compat: LoraCompat = "trained", **generate_kwargs) -> GenerationResult:
     """One-shot: `load(...)` then `.generate(prompt, ...)`. Use `load()` directly to generate many times."""
     _prompts(prompt)
     check_size(generate_kwargs.get("height", 1024), generate_kwargs.get("width", 1024))
-    load_kwargs = {k: generate_kwargs.pop(k) for k in ("slow_weight_name", "fast_weight_name", "use_official_loras", "split", "condition_area") if k in generate_kwargs}
+    load_kwargs = {k: generate_kwargs.pop(k) for k in ("slow_weight_name", "fast_weight_name", "use_official_loras", "split", "condition_area", "device", "rank") if k in generate_kwargs}
     glance = load(
         model, slow_lora, fast_lora, profile=profile, lora_compat=lora_compat,
         height=generate_kwargs.get("height", 1024), width=generate_kwargs.get("width", 1024), **load_kwargs,

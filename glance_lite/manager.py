@@ -1,22 +1,23 @@
 """The distribute/free manager: loads, quantizes, places and evicts components stage by stage.
 
-A profile says, per component, its dtype, quantization and placement; the manager carries that out with the
-ecosystem's own tools (diffusers/quanto/bitsandbytes quantization configs, diffusers group offloading,
-accelerate device maps) and nothing else. Stages run one after another, each bringing in what it needs and
-releasing it according to its placement, so the peak memory of a run is the max over stages, not their sum:
+It asks `glance_lite.placement` where every component belongs in each stage and makes it so, with the ecosystem's
+tools (diffusers / transformers quantization configs, diffusers group offloading, accelerate device maps); the
+planner prices the same answers. Stages run one after another, so the peak memory of a run is the max over stages,
+not their sum:
 
-    text_encode  text encoder(s)     -> encode every prompt and the negative prompt, then evict
+    text_encode  text encoder(s)  -> encode every prompt and the negative prompt
     denoise      transformer (+ VAE for edit models) -> both phases, adapters switched in place
-    decode       VAE                 -> pixels
+    vae_decode   VAE              -> pixels
 
-Placements: resident (stays on the device), evict_after_use (deleted and freed after its stage),
-model_offload (parked in CPU RAM between stages), group_offload (weights in CPU RAM, streamed to the GPU
-block by block), sharded (blocks split across GPUs), cpu.
+When a stage starts, every loaded component not needed in it goes where the placement says (kept on its GPU,
+parked in CPU RAM, or evicted); when it ends, the components it ran go to their idle state. A transformer that
+streams keeps the planner's resident blocks on the GPU during denoise (`residency.py`).
 """
 
 from __future__ import annotations
 
 import gc
+import logging
 import weakref
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -25,84 +26,78 @@ import torch
 
 from .memory import MemoryTracker
 from .models import ModelSource, component_class, meta_component
+from .placement import Placement, gpu_index, placement
+from .quantize import loading_kwargs, quantize_after_load, torch_dtype
 
-TEXT_COMPONENTS = ("text_encoder", "text_encoder_2")  # FLUX has two; profiles call both "text_encoder"
-HEAVY_COMPONENTS = TEXT_COMPONENTS + ("transformer",)
+logger = logging.getLogger("glance_lite")
 # Manager stage -> the planner's name for its most demanding part.
 PLAN_STAGE = {"denoise": "slow_phase"}
-_QUANTO_WEIGHTS = {"quanto-qfloat8": "float8", "quanto-qint8": "int8", "quanto-qint4": "int4"}
+# Profile `attention` -> diffusers attention backend (set_attention_backend); sdpa is diffusers' default.
+ATTENTION_BACKENDS = {"sdpa": "native", "xformers": "xformers"}
 
 
 class StageOutOfMemoryError(RuntimeError):
     """A CUDA OOM translated into what to do about it."""
 
 
-def _torch_dtype(name: str) -> torch.dtype:
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
-
-def quantization_kwargs(cls, policy, device: torch.device) -> dict:
-    """`from_pretrained` kwargs that quantize while loading (module by module, so RAM never holds it all)."""
-    q = policy.quantization
-    if q == "none":
-        return {}
-    is_diffusers = cls.__module__.startswith("diffusers")
-    if q.startswith("bnb-"):
-        if device.type != "cuda":
-            raise RuntimeError(
-                f"bitsandbytes quantization ({q}) loads only onto a CUDA GPU; this run is on {device}. "
-                "Use a quanto quantization or the cpu profile."
-            )
-        import diffusers
-        import transformers
-
-        config_cls = diffusers.BitsAndBytesConfig if is_diffusers else transformers.BitsAndBytesConfig
-        if q == "bnb-nf4":
-            config = config_cls(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=_torch_dtype(policy.dtype))
-        else:
-            config = config_cls(load_in_8bit=True)
-        return {"quantization_config": config}
-    if q in _QUANTO_WEIGHTS and is_diffusers:
-        from diffusers import QuantoConfig
-
-        return {"quantization_config": QuantoConfig(weights_dtype=_QUANTO_WEIGHTS[q])}
-    return {}  # transformers models are quantized after loading (see quantize_after_load)
-
-
-def quantize_after_load(module, policy) -> None:
-    """optimum-quanto for modules whose library has no working quanto loader (transformers text encoders)."""
-    if policy.quantization not in _QUANTO_WEIGHTS or getattr(module, "_glance_quantized", False):
-        return
-    if module.__class__.__module__.startswith("diffusers"):
-        return
-    from optimum.quanto import freeze, qfloat8, qint4, qint8, quantize
-
-    weights = {"quanto-qfloat8": qfloat8, "quanto-qint8": qint8, "quanto-qint4": qint4}[policy.quantization]
-    quantize(module, weights=weights)
-    freeze(module)
-    module._glance_quantized = True
+def cpu_emulation_note(profile) -> str:
+    """The one line a `--device cpu` run of a GPU profile says about what a CPU cannot show."""
+    return (
+        f"--device cpu: running profile '{profile.name}' on the CPU with its quantization, residency and placement "
+        "choices; GPU moves are no-ops, and CUDA streams, pinned memory, VRAM limits and GPU speed cannot be emulated."
+    )
 
 
 class ComponentManager:
-    """Owns every heavy module of one loaded model and where it lives. See the module docstring."""
+    """Owns every heavy module of one loaded model and where it lives. See the module docstring.
 
-    def __init__(self, source: ModelSource, profile, tracker: MemoryTracker | None = None):
+    `device="cpu"` runs a GPU profile's choices on the CPU; `rank` is the process index under `accelerate launch`
+    (each process uses its own GPUs).
+    """
+
+    def __init__(self, source: ModelSource, profile, tracker: MemoryTracker | None = None, *, device: str | None = None, rank: int = 0):
         self.source = source
         self.family = source.family
         self.profile = profile
-        gpu = profile.component("transformer").gpu
-        self.device = torch.device("cuda", gpu) if profile.device == "cuda" else torch.device(profile.device)
+        self.device_override = device
+        self.rank = rank
+        self.device = self.device_of("transformer")
         self.tracker = tracker or MemoryTracker(self.device, interval=None)
         self.load_counts: dict[str, int] = {}
-        self.image_size = (1024, 1024)  # (height, width) of the current run, for OOM messages
+        self.image_size = (1024, 1024)  # (height, width) of the current run, for OOM messages and the plan
         self._on_load: dict[str, list[Callable]] = {}
+        self._resident: dict[str, object] = {}  # component -> residency.ResidentBlocks of a streamed component
+        # The components a profile places (tokenizers, scheduler and processor are light and stay where they are).
+        self.components = tuple(c for c in (*self.family.text_encoders, "transformer", "vae") if c in source.components)
+        if device == "cpu" and profile.device != "cpu":
+            logger.info(cpu_emulation_note(profile))
         self.pipe = self._load_light_pipeline()
+
+    # ---- where things go -----------------------------------------------------------------------
+    def placement(self, component: str, stage: str) -> Placement:
+        return placement(self.profile, component, stage, self.rank, family=self.family, device=self.device_override)
+
+    def device_of(self, component: str) -> torch.device:
+        """Where a component computes: its GPU (`gpu:` within this process's share), or the CPU."""
+        if self.profile.device == "cpu" or self.device_override == "cpu" or self.policy(component).placement == "cpu":
+            return torch.device("cpu")
+        return torch.device("cuda", gpu_index(self.profile, component, self.rank))
+
+    def policy(self, component: str):
+        return self.profile.component(component)
+
+    def plan(self):
+        """The memory plan of this model, profile and image size (residency and shard maps come from it)."""
+        from .plan import plan as make_plan
+
+        return make_plan(self.source.model_id, self.profile, *self.image_size, device=self.device_override)
 
     # ---- loading -------------------------------------------------------------------------------
     def _load_light_pipeline(self):
         """Tokenizers, scheduler, processor and the (small) VAE; the heavy modules come per stage."""
-        skipped = {name: None for name in HEAVY_COMPONENTS if name in self.source.components}
-        vae_dtype = _torch_dtype(self.policy("vae").dtype)
+        heavy = set(self.family.text_encoders) | {"transformer"}
+        skipped = {name: None for name in heavy if name in self.source.components}
+        vae_dtype = torch_dtype(self.policy("vae").dtype)
         pipe = self.family.pipeline_class.from_pretrained(
             self.source.location, **skipped, dtype=vae_dtype, **self.family.extra_load_kwargs(self.source.location)
         )
@@ -111,9 +106,6 @@ class ComponentManager:
             pipe.vae.enable_tiling()
         return pipe
 
-    def policy(self, component: str):
-        return self.profile.component(component)
-
     def on_load(self, component: str, callback: Callable) -> None:
         """Run `callback(module)` right after a component is loaded, before it is placed (e.g. add adapters)."""
         self._on_load.setdefault(component, []).append(callback)
@@ -121,31 +113,50 @@ class ComponentManager:
     def is_loaded(self, component: str) -> bool:
         return getattr(self.pipe, component, None) is not None
 
-    def _load(self, component: str):
-        policy = self.policy(component)
-        module = self._instantiate(component, policy)
+    def text_components(self) -> tuple[str, ...]:
+        return tuple(c for c in self.family.text_encoders if c in self.source.components)
+
+    def _load(self, component: str, stage: str):
+        where = self.placement(component, stage)
+        module = self._instantiate(component, where)
         module.eval().requires_grad_(False)
-        quantize_after_load(module, policy)
+        quantize_after_load(module, where.quantization)
+        self._set_attention(module)
         for callback in self._on_load.get(component, []):
             callback(module)
-        self._place(module, policy)
+        self._place(component, module, where)
         self.load_counts[component] = self.load_counts.get(component, 0) + 1
         setattr(self.pipe, component, module)
         return module
 
-    def _instantiate(self, component: str, policy):
-        """The component's module with its weights, quantized while loading where the policy says.
+    def _instantiate(self, component: str, where: Placement):
+        """The component's module with its weights, quantized while loading where the placement says.
 
         The one place that reads weights; benchmarks override it to build random weights from a config.
         """
         cls = component_class(self.source, component)
-        kwargs = {"subfolder": component, "dtype": _torch_dtype(policy.dtype)}
-        kwargs.update(quantization_kwargs(cls, policy, self.device))
-        if policy.placement == "sharded":
+        device = self.device_of(component)
+        kwargs = {"subfolder": component, "dtype": torch_dtype(where.dtype)}
+        kwargs.update(loading_kwargs(cls, where.quantization, where.dtype, device))
+        if where.mode == "sharded" and device.type == "cuda":
             kwargs["device_map"] = self.shard_map(component)
-        elif policy.placement in ("resident", "evict_after_use") and self.device.type == "cuda":
-            kwargs["device_map"] = {"": str(self.device)}  # shard by shard straight to the GPU, not via CPU RAM
+        elif where.mode == "whole" and device.type == "cuda":
+            kwargs["device_map"] = {"": str(device)}  # shard by shard straight to the GPU, not via CPU RAM
         return cls.from_pretrained(self.source.location, **kwargs)
+
+    def _set_attention(self, module) -> None:
+        """The profile's attention backend, through diffusers' attention-backend API (diffusers models only)."""
+        backend = ATTENTION_BACKENDS[self.profile.attention]
+        if backend == "native" or not hasattr(module, "set_attention_backend"):
+            return
+        import importlib.util
+
+        if importlib.util.find_spec(backend) is None:
+            raise RuntimeError(
+                f"Profile '{self.profile.name}' asks for attention: {self.profile.attention}, but {backend} is not "
+                "installed: pip install -e \".[xformers]\", or set attention: sdpa in the profile."
+            )
+        module.set_attention_backend(backend)
 
     def shard_map(self, component: str, gpu_bytes: dict[int, int] | None = None) -> dict[str, int]:
         """Whole blocks spread over the profile's GPUs (accelerate's device-map format).
@@ -156,63 +167,58 @@ class ComponentManager:
         from accelerate import infer_auto_device_map
 
         if gpu_bytes is None:
-            from .plan import plan as make_plan
-
-            return make_plan(self.source.model_id, self.profile, *self.image_size).device_map
-        policy = self.policy(component)
+            offset = gpu_index(self.profile, component, self.rank) - self.policy(component).gpu
+            return {name: gpu + offset for name, gpu in self.plan().device_map.items()}
         meta = meta_component(self.source, component)
         return infer_auto_device_map(
             meta,
             max_memory=gpu_bytes,
             no_split_module_classes=list(getattr(meta, "_no_split_modules", None) or []),
-            dtype=_torch_dtype(policy.dtype),
+            dtype=torch_dtype(self.policy(component).dtype),
         )
 
-    def _place(self, module, policy) -> None:
-        placement = policy.placement
-        if placement == "sharded":
-            return  # placed by its device map while loading
-        if placement in ("resident", "evict_after_use") or (placement == "model_offload" and self.device.type == "cpu"):
-            module.to(self.device)
-        elif placement == "group_offload":
-            self._group_offload(module, policy)
-        # model_offload waits in CPU RAM until its stage; cpu stays where it is.
+    def _place(self, component: str, module, where: Placement) -> None:
+        """First placement after loading: streamed components get their resident blocks and group offloading."""
+        if where.mode != "streamed" or where.stage == "train_step":
+            return  # loaded onto their device or by their device map; the trainer streams its frozen base itself
+        from .residency import stream_blocks
 
-    def _group_offload(self, module, policy) -> None:
-        from diffusers.hooks import apply_group_offloading
-
-        if policy.use_stream and self.device.type == "cuda":
-            # Streams need pinned RAM; pin in place so diffusers does not keep a second, unpinned copy.
-            with torch.no_grad():
-                for param in module.parameters():
-                    param.data = param.data.pin_memory()
-
-        apply_group_offloading(
-            module,
-            onload_device=self.device,
-            offload_device=torch.device("cpu"),
-            offload_type="block_level",
-            num_blocks_per_group=policy.blocks_per_group or 1,
-            use_stream=bool(policy.use_stream) and self.device.type == "cuda",
+        resident = set(self.plan().resident_blocks.get("denoise", ()))
+        policy = self.policy(component)
+        use_stream = bool(policy.use_stream) and self.device_of(component).type == "cuda"
+        self._resident[component] = stream_blocks(
+            module, self.device_of(component), resident, policy.blocks_per_group or 1, use_stream
         )
 
     # ---- stage lifecycle -----------------------------------------------------------------------
-    def bring(self, component: str):
-        """Make a component usable on the execution device (loading it if needed)."""
-        module = getattr(self.pipe, component, None)
-        if module is None:
-            return self._load(component)
-        if self.policy(component).placement in ("resident", "model_offload", "evict_after_use"):
-            module.to(self.device)  # no-op when already there; the VAE starts in CPU RAM with the light pipeline
-        return module
+    def _apply(self, component: str, where: Placement) -> None:
+        """Make a loaded component be where `where` says."""
+        module = getattr(self.pipe, component)
+        resident = self._resident.get(component)
+        if where.state == "evict":
+            self.evict(component)
+        elif where.state == "park":
+            if resident is not None:
+                resident.park()
+            elif where.mode != "sharded":
+                module.to("cpu")
+        elif where.state == "run" and resident is not None:
+            resident.bring()
+        elif where.mode == "whole":
+            module.to(self.device_of(component) if where.state == "run" else where.device)
+
+    def bring(self, component: str, stage: str = "denoise"):
+        """Make a component usable for `stage` on its device (loading it if needed)."""
+        where = self.placement(component, stage)
+        if not self.is_loaded(component):
+            self._load(component, stage)
+        self._apply(component, where)
+        return getattr(self.pipe, component)
 
     def release(self, component: str) -> None:
-        """After a stage: keep, park in CPU RAM, or evict and free, as the component's placement says."""
-        placement = self.policy(component).placement
-        if placement == "evict_after_use" and component != "vae":
-            self.evict(component)
-        elif placement in ("model_offload", "evict_after_use") and self.device.type != "cpu":
-            getattr(self.pipe, component).to("cpu")
+        """After a stage: keep, park in CPU RAM, or evict and free, as the component's idle placement says."""
+        if self.is_loaded(component):
+            self._apply(component, self.placement(component, "idle"))
 
     def evict(self, component: str) -> weakref.ref | None:
         """Drop the manager's (the only) reference and free its memory; returns a weakref to prove it died."""
@@ -221,6 +227,7 @@ class ComponentManager:
             return None
         ref = weakref.ref(module)
         setattr(self.pipe, component, None)
+        self._resident.pop(component, None)
         del module
         gc.collect()
         if self.device.type == "cuda":
@@ -229,21 +236,22 @@ class ComponentManager:
 
     @contextmanager
     def stage(self, name: str, components: tuple[str, ...]):
-        """Bring `components`, measure the stage, release them; a CUDA OOM becomes an actionable message."""
+        """Make room (every other loaded component where the placement puts it during `name`), bring
+        `components`, measure the stage, then send them to their idle state. A CUDA OOM becomes advice."""
+        placement_stage = name if name in ("text_encode", "vae_encode", "denoise", "vae_decode", "train_step") else "idle"
         try:
             with self.tracker.stage(name):
+                for other in self.components:
+                    if other not in components and self.is_loaded(other):
+                        self._apply(other, self.placement(other, placement_stage))
                 for component in components:
-                    self.bring(component)
+                    self.bring(component, placement_stage)
                 yield self.pipe
         except torch.cuda.OutOfMemoryError as exc:
             raise StageOutOfMemoryError(self._oom_message(name)) from exc
         finally:
             for component in components:
-                if self.is_loaded(component):
-                    self.release(component)
-
-    def text_components(self) -> tuple[str, ...]:
-        return tuple(c for c in TEXT_COMPONENTS if c in self.source.components)
+                self.release(component)
 
     def _oom_message(self, stage: str) -> str:
         free, total = torch.cuda.mem_get_info(self.device) if torch.cuda.is_available() else (0, 0)
@@ -252,9 +260,7 @@ class ComponentManager:
             f"{free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB."
         )
         try:
-            from .plan import plan as make_plan
-
-            mp = make_plan(self.source.model_id, self.profile, *self.image_size)
+            mp = self.plan()
             planned = mp.stages.get(PLAN_STAGE.get(stage, stage))
             if planned is not None:
                 text += f" The plan predicted {planned.peak_bytes / 2**30:.1f} GiB for this stage."

@@ -1,9 +1,10 @@
 """Model ids -> something `from_pretrained` can open, and the family that knows how to drive it.
 
-Three kinds of id take the same loading path: an embedded tiny model (`tiny/qwen-image`, built offline once
-into a cache folder), a local folder saved with `save_pretrained`, or a hub id such as `Qwen/Qwen-Image`
-(from the local Hugging Face cache or a download). Resolution reads only `model_index.json`, so a wrong id
-fails in milliseconds, before any weights are touched.
+Three kinds of id take the same loading path: an embedded model (`tiny/qwen-image`, built offline once into a
+cache folder; `pocket/qwen-image`, shipped), a local folder saved with `save_pretrained`, or a hub id such as
+`Qwen/Qwen-Image` (from the local Hugging Face cache or a download). Resolution reads only `model_index.json`, so a
+wrong id fails in milliseconds, before any weights are touched. The memory planner resolves ids the same way with
+`download=False`: it reads configs from folders and the local hub cache, never from the network.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class ModelSource:
         return self.model_id in self.family.official_base_models
 
 
-def _read_model_index(model_id: str) -> tuple[str, dict]:
+def _read_model_index(model_id: str, download: bool = True) -> tuple[str, dict]:
     from .pocket import is_pocket_model_id, pocket_model_path
     from .tiny import is_tiny_model_id, tiny_model_path
 
@@ -51,13 +52,43 @@ def _read_model_index(model_id: str) -> tuple[str, dict]:
                 "`pipeline.save_pretrained(folder)` or download a full model repo."
             )
         return str(folder), json.loads(index.read_text())
-    if model_id.startswith(("tiny/", "pocket/")):
+    if model_id.startswith(("tiny/", "pocket/", "realwidth/")):
         from .pocket import POCKET_MODEL_IDS
-        from .tiny import TINY_MODEL_IDS
+        from .tiny import EMBEDDED_MODEL_IDS
 
-        known = ", ".join(TINY_MODEL_IDS + tuple(POCKET_MODEL_IDS))
+        known = ", ".join(EMBEDDED_MODEL_IDS + tuple(POCKET_MODEL_IDS))
         raise ValueError(f"Unknown embedded model {model_id!r}. Embedded models: {known}.")
+    if not download:
+        cached = _hub_cached_file(model_id, "model_index.json")
+        if cached is None:
+            raise ValueError(
+                f"Model {model_id!r} is not a local folder, not an embedded model (tiny/qwen-image, tiny/flux, "
+                "tiny/qwen-image-edit, pocket/qwen-image), and its model_index.json is not in the local Hugging Face "
+                "cache. Nothing is downloaded here: pass a folder or download the model first "
+                "(`hf download <id> --local-dir DIR`)."
+            )
+        return model_id, json.loads(cached)
     return model_id, _hub_model_index(model_id)
+
+
+def _hub_cached_file(repo_id: str, relative: str) -> str | None:
+    """A file of a hub repo from the local cache only (None when it is not there)."""
+    if repo_id.count("/") != 1:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, relative)
+    return Path(found).read_text() if isinstance(found, str) else None
+
+
+def read_model_file(source: "ModelSource", relative: str) -> str | None:
+    """A text file of a resolved model (e.g. "transformer/config.json") from its folder or the local hub cache;
+    None when it is not there. Never downloads."""
+    folder = Path(source.location)
+    if folder.is_dir():
+        path = folder / relative
+        return path.read_text() if path.is_file() else None
+    return _hub_cached_file(source.location, relative)
 
 
 def _hub_model_index(model_id: str) -> dict:
@@ -74,11 +105,12 @@ def _hub_model_index(model_id: str) -> dict:
         ) from None
 
 
-def resolve_model(model_id: str) -> ModelSource:
-    """Find the model's pipeline class and components without loading any weights."""
+def resolve_model(model_id: str, download: bool = True) -> ModelSource:
+    """Find the model's pipeline class and components without loading any weights (`download=False`: from folders
+    and the local hub cache only)."""
     if not model_id or not str(model_id).strip():
         raise ValueError("No model given: pass a hub id (Qwen/Qwen-Image), a local folder, or tiny/qwen-image.")
-    location, index = _read_model_index(str(model_id))
+    location, index = _read_model_index(str(model_id), download)
     components = {k: tuple(v) for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0]}
     source = ModelSource(str(model_id), location, index["_class_name"], components)
     source.family  # unsupported pipeline classes fail here, before loading

@@ -1,15 +1,14 @@
 """Hardware profiles: what to load, at which precision, and where, for one kind of machine.
 
 A profile is plain data (`Profile`, frozen dataclasses) read from a YAML file: `profiles/<name>.yaml` for the
-built-in ones, or any file a user writes. The manager carries a profile out; the planner (`glance_lite.plan`)
-predicts what it costs. Keeping the policy as data means a new card is a new YAML file, not new code.
+built-in ones, or any file a user writes. The planner (`glance_lite.plan`) predicts what it costs, the placement
+rules (`glance_lite.placement`) say where each component lives in each stage, and the manager carries that out.
+Keeping the policy as data means a new card is a new YAML file, not new code.
 
-Loading is strict: an unknown key, a value outside its choices, a wrong type or a missing key is an error that
-names the file and the dotted field (``components.transformer.placement``), with a suggestion for typos, so a
-mistyped profile fails in milliseconds instead of after gigabytes have been loaded with a silently ignored key.
-
-`select_profile` (``--profile auto``) ranks the built-in profiles by speed and returns the fastest one whose
-memory plan fits the detected hardware, with a sentence saying why.
+Loading is strict: an unknown key, a value outside its choices, a wrong type, a missing key or a storage /
+placement pairing that is known to break upstream (`glance_lite.pairings`) is an error that names the file and
+the dotted field (``components.transformer.placement``), with a suggestion, so a mistyped profile fails in
+milliseconds instead of after gigabytes have been loaded. `--profile auto` is `glance_lite.autoselect`.
 """
 
 from __future__ import annotations
@@ -24,8 +23,9 @@ from typing import Any
 
 import yaml
 
+from .pairings import QUANTIZATIONS, TRAINING_QUANTIZATIONS, placement_problem, training_problem
+
 # ---- vocabularies (the manager and the planner understand exactly these) ---------------------------------------
-QUANTIZATIONS = ("none", "bnb-nf4", "bnb-int8", "quanto-qfloat8", "quanto-qint8", "quanto-qint4")
 # Without a GPU a component either stays in RAM, is freed after its stage, or runs block by block (cpu -> cpu).
 CPU_PLACEMENTS = ("cpu", "evict_after_use", "group_offload")
 FUSABLE_PLACEMENTS = ("resident", "cpu", "evict_after_use")  # fuse_lora: offload hooks would move the weights
@@ -52,9 +52,10 @@ class ProfileError(ValueError):
 class ComponentPolicy:
     """How one component is held: its dtype, quantization and placement (see `PLACEMENTS`).
 
-    `blocks_per_group` / `use_stream` only mean something for `group_offload`, `tiling` only for the VAE, and
-    `gpu` picks the GPU a non-sharded component runs on (multi-GPU profiles put the text encoder beside the
-    transformer's shards).
+    `blocks_per_group` / `use_stream` / `resident_blocks` only mean something for `group_offload`: the blocks kept
+    on the GPU while the rest stream ("auto": as many as the profile's `vram_target_gb` leaves room for; the
+    planner counts them). `tiling` only applies to the VAE, and `gpu` picks the GPU a non-sharded component runs
+    on (multi-GPU profiles put the text encoder beside the transformer's shards).
     """
 
     dtype: str
@@ -62,6 +63,7 @@ class ComponentPolicy:
     placement: str = "resident"
     blocks_per_group: int | None = None
     use_stream: bool = False
+    resident_blocks: int | str = "auto"
     tiling: bool = False
     gpu: int = 0
 
@@ -76,6 +78,7 @@ class TrainingPolicy:
     block_offload: bool
     mixed_precision: str
     blocks_per_group: int | None = None
+    resident_blocks: int | str = "auto"
 
     @property
     def dtype(self) -> str:
@@ -100,6 +103,7 @@ class Profile:
     attention: str = "sdpa"
     batch_cfg: bool = True
     fuse_lora: bool = False  # merge the phase's LoRA into the weights while it runs (see glance_lite.adapters)
+    vram_target_gb: float | None = None  # the peak per GPU the plan aims for (resident blocks fill up to it)
     source: str = field(default="", compare=False)
 
     def component(self, name: str) -> ComponentPolicy:
@@ -114,11 +118,21 @@ class Profile:
     def system_ram_bytes(self) -> int:
         return int(self.system_ram_gb * 2**30)
 
+    @property
+    def vram_target_bytes(self) -> int | None:
+        """What the plan may fill on each GPU: `vram_target_gb`, or the whole card when the profile sets none."""
+        target = self.vram_target_gb if self.vram_target_gb is not None else self.gpu_memory_gb
+        return None if target is None else int(target * 2**30)
+
     def to_dict(self) -> dict:
         """The profile as the YAML mapping it came from (defaults filled in)."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}  # asdict cannot copy the read-only mapping
         data["components"] = {role: _policy_dict(policy) for role, policy in self.components.items()}
         data["training"] = {k: v for k, v in asdict(self.training).items() if v is not None}
+        if not self.training.block_offload:
+            data["training"].pop("resident_blocks")
+        if self.vram_target_gb is None:
+            data.pop("vram_target_gb")
         data.pop("source")
         return data
 
@@ -129,6 +143,7 @@ def _policy_dict(policy: ComponentPolicy) -> dict:
     if policy.placement != "group_offload":
         data.pop("blocks_per_group")
         data.pop("use_stream")
+        data.pop("resident_blocks")
     if not policy.tiling:
         data.pop("tiling")
     return data
@@ -144,11 +159,12 @@ class _Field:
     required: bool = True
     nullable: bool = False
     minimum: float | None = None
+    word: str | None = None  # a string accepted besides the types (resident_blocks: "auto")
 
     def type_name(self) -> str:
         names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", dict: "a mapping"}
         text = " or ".join(dict.fromkeys(names[t] for t in self.types))
-        return text + (" or null" if self.nullable else "")
+        return text + (f" or '{self.word}'" if self.word else "") + (" or null" if self.nullable else "")
 
 
 _NUMBER = (int, float)
@@ -164,6 +180,7 @@ _TOP_FIELDS = {
     "attention": _Field((str,), ATTENTION_BACKENDS, required=False),
     "batch_cfg": _Field((bool,), required=False),
     "fuse_lora": _Field((bool,), required=False),
+    "vram_target_gb": _Field(_NUMBER, required=False, minimum=0.5),
     "components": _Field((dict,)),
     "training": _Field((dict,)),
 }
@@ -173,16 +190,18 @@ _COMPONENT_FIELDS = {
     "placement": _Field((str,), PLACEMENTS),
     "blocks_per_group": _Field((int,), required=False, minimum=1),
     "use_stream": _Field((bool,), required=False),
+    "resident_blocks": _Field((int,), required=False, minimum=0, word="auto"),
     "tiling": _Field((bool,), required=False),
     "gpu": _Field((int,), required=False, minimum=0),
 }
 _TRAINING_FIELDS = {
     "gradient_checkpointing": _Field((bool,)),
     "optimizer": _Field((str,), OPTIMIZERS),
-    "base_quantization": _Field((str,), QUANTIZATIONS),
+    "base_quantization": _Field((str,), TRAINING_QUANTIZATIONS),
     "block_offload": _Field((bool,)),
     "mixed_precision": _Field((str,), MIXED_PRECISIONS),
     "blocks_per_group": _Field((int,), required=False, minimum=1),
+    "resident_blocks": _Field((int,), required=False, minimum=0, word="auto"),
 }
 
 
@@ -206,6 +225,8 @@ def _check_mapping(data: Any, fields: dict[str, _Field], prefix: str) -> list[st
 def _check_value(value: Any, spec: _Field, path: str) -> list[str]:
     if value is None:
         return [] if spec.nullable else [f"{path} is null but must be {spec.type_name()}"]
+    if spec.word is not None and value == spec.word:
+        return []
     # YAML `true` is a Python bool, which is also an int: numbers must not accept it.
     if isinstance(value, bool) != (bool in spec.types) or not isinstance(value, spec.types):
         return [f"{path} = {value!r} has the wrong type: expected {spec.type_name()}"]
@@ -237,7 +258,7 @@ def _check_consistency(data: dict) -> list[str]:
         placement = policy["placement"]
         if placement == "group_offload" and "blocks_per_group" not in policy:
             errors.append(f"{path}.blocks_per_group is required when placement is group_offload")
-        for key in ("blocks_per_group", "use_stream"):
+        for key in ("blocks_per_group", "use_stream", "resident_blocks"):
             if placement != "group_offload" and key in policy:
                 errors.append(f"{path}.{key} only applies to placement group_offload (placement is {placement})")
         if "tiling" in policy and role != "vae":
@@ -254,6 +275,9 @@ def _check_consistency(data: dict) -> list[str]:
             errors.append(f"{path}.gpu = {policy['gpu']} but the profile has num_gpus = {num_gpus}")
         if on_cpu and policy["quantization"].startswith("bnb-"):
             errors.append(f"{path}.quantization = {policy['quantization']!r} needs a CUDA GPU (bitsandbytes loading)")
+        problem = placement_problem(policy["quantization"], placement)
+        if problem:
+            errors.append(f"{path}: {problem}")
     transformer = components.get("transformer", {})
     if data.get("fuse_lora") and transformer.get("quantization", "none") != "none":
         errors.append(
@@ -267,11 +291,17 @@ def _check_consistency(data: dict) -> list[str]:
         )
     if training["block_offload"] and "blocks_per_group" not in training:
         errors.append("training.blocks_per_group is required when training.block_offload is true")
-    if not training["block_offload"] and "blocks_per_group" in training:
-        errors.append("training.blocks_per_group only applies when training.block_offload is true")
+    for key in ("blocks_per_group", "resident_blocks"):
+        if not training["block_offload"] and key in training:
+            errors.append(f"training.{key} only applies when training.block_offload is true")
+    problem = training_problem(training["base_quantization"], training["block_offload"])
+    if problem:
+        errors.append(problem)
     if on_cpu:
         if data["gpu_memory_gb"] is not None:
             errors.append("gpu_memory_gb must be null for device cpu")
+        if data.get("vram_target_gb") is not None:
+            errors.append("vram_target_gb only applies to GPU profiles")
         if num_gpus != 0:
             errors.append(f"num_gpus = {num_gpus} but device cpu uses no GPU: set num_gpus: 0")
         if training["base_quantization"].startswith("bnb-"):
@@ -279,6 +309,8 @@ def _check_consistency(data: dict) -> list[str]:
     else:
         if data["gpu_memory_gb"] is None:
             errors.append("gpu_memory_gb is required for device cuda (the card size this profile is for)")
+        elif data.get("vram_target_gb", 0) > data["gpu_memory_gb"]:
+            errors.append(f"vram_target_gb = {data['vram_target_gb']:g} is more than gpu_memory_gb = {data['gpu_memory_gb']:g}")
         if num_gpus < 1:
             errors.append("num_gpus must be at least 1 for device cuda")
         cc = data["min_compute_capability"]
@@ -333,6 +365,7 @@ def _build(data: dict, source: str) -> Profile:
         attention=data.get("attention", "sdpa"),
         batch_cfg=data.get("batch_cfg", True),
         fuse_lora=data.get("fuse_lora", False),
+        vram_target_gb=None if data.get("vram_target_gb") is None else float(data["vram_target_gb"]),
         source=source,
     )
 
@@ -393,128 +426,3 @@ def _load_file(file, source: str) -> Profile:
     except yaml.YAMLError as exc:
         raise ProfileError(f"{source}: not valid YAML: {exc}") from None
     return parse_profile(data, source)
-
-
-# ---- auto selection -----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Hardware:
-    """What the machine offers: one entry per GPU (in torch device order), plus system RAM."""
-
-    gpu_names: tuple[str, ...] = ()
-    gpu_total_bytes: tuple[int, ...] = ()
-    gpu_free_bytes: tuple[int, ...] = ()
-    compute_capabilities: tuple[float, ...] = ()
-    system_ram_bytes: int = 0
-
-    @property
-    def num_gpus(self) -> int:
-        return len(self.gpu_names)
-
-    @classmethod
-    def detect(cls) -> "Hardware":
-        """Read torch.cuda and psutil; on a machine without a usable GPU the GPU tuples are empty."""
-        import psutil
-        import torch
-
-        ram = int(psutil.virtual_memory().available)
-        if not torch.cuda.is_available():
-            return cls(system_ram_bytes=ram)
-        names, totals, frees, ccs = [], [], [], []
-        for index in range(torch.cuda.device_count()):
-            props = torch.cuda.get_device_properties(index)
-            free, total = torch.cuda.mem_get_info(index)
-            names.append(props.name)
-            totals.append(int(total))
-            frees.append(int(free))
-            ccs.append(props.major + props.minor / 10)
-        return cls(tuple(names), tuple(totals), tuple(frees), tuple(ccs), ram)
-
-    def describe(self) -> str:
-        if not self.gpu_names:
-            return f"no CUDA GPU, {self.system_ram_bytes / 2**30:.0f} GiB RAM available"
-        gpus = ", ".join(
-            f"{name} ({free / 2**30:.1f} of {total / 2**30:.1f} GiB free, sm_{cc * 10:.0f})"
-            for name, total, free, cc in zip(
-                self.gpu_names, self.gpu_total_bytes, self.gpu_free_bytes, self.compute_capabilities
-            )
-        )
-        return f"{gpus}; {self.system_ram_bytes / 2**30:.0f} GiB RAM available"
-
-
-def _compatible(profile: Profile, hardware: Hardware) -> str | None:
-    """Why a profile cannot run on this hardware at all (GPU count, compute capability), or None."""
-    if profile.device == "cpu":
-        return None
-    if hardware.num_gpus < profile.num_gpus:
-        return f"needs {profile.num_gpus} GPUs"
-    ccs = hardware.compute_capabilities[: profile.num_gpus]
-    if profile.min_compute_capability is not None and min(ccs) < profile.min_compute_capability:
-        return f"needs compute capability {profile.min_compute_capability:g} (this GPU is {min(ccs):g})"
-    return None
-
-
-def select_profile(
-    model: str = "Qwen/Qwen-Image", height: int = 1024, width: int = 1024, hardware: Hardware | None = None
-) -> tuple[Profile, str]:
-    """The fastest built-in profile whose memory plan fits this machine, and a sentence saying why.
-
-    Candidates are the GPU profiles when a GPU is present (the cpu profile otherwise) that the GPUs can run
-    (count, compute capability). Each is planned for `model` at `height` x `width` against the detected free VRAM
-    (per GPU) and available RAM. Among those that fit, profiles made for this card size or smaller come first
-    (float16 profiles last on GPUs that can run bfloat16), then the one moving the fewest weight bytes per image
-    (streamed + reloaded bytes), then the one losing the fewest bytes to quantization, then the one made for the
-    biggest card. If none fits, the leanest compatible profile is returned and the sentence says it will not fit.
-    """
-    from .plan import plan as make_plan
-
-    hardware = hardware or Hardware.detect()
-    profiles = [load_profile(name) for name in list_profiles()]
-    if hardware.num_gpus == 0:
-        cpu = next(p for p in profiles if p.device == "cpu")
-        return cpu, f"No CUDA GPU found ({hardware.describe()}): using '{cpu.name}' ({cpu.description})."
-    candidates, rejected = [], []
-    for profile in (p for p in profiles if p.device == "cuda"):
-        reason = _compatible(profile, hardware)
-        if reason:
-            rejected.append(f"{profile.name}: {reason}")
-            continue
-        used = max(profile.num_gpus, 1) if profile.num_gpus < 2 else hardware.num_gpus
-        free_gb = min(hardware.gpu_free_bytes[:used]) / 2**30
-        mp = make_plan(
-            model, profile, height, width,
-            gpu_memory_gb=free_gb, system_ram_gb=hardware.system_ram_bytes / 2**30, num_gpus=used,
-        )  # fmt: skip
-        candidates.append((profile, mp))
-    fitting = [(p, mp) for p, mp in candidates if mp.fits]
-    bf16_capable = min(hardware.compute_capabilities) >= BF16_MIN_COMPUTE_CAPABILITY
-
-    def rank(candidate):
-        profile, mp = candidate
-        needless_fp16 = bf16_capable and profile.compute_dtype == "float16"  # fp16 overflows where bf16 would not
-        card_gb = min(hardware.gpu_total_bytes[: max(profile.num_gpus, 1)]) / 2**30
-        for_bigger_card = (profile.gpu_memory_gb or 0) > card_gb + CARD_SIZE_TOLERANCE_GB
-        return (needless_fp16, for_bigger_card, mp.traffic_bytes_per_image, mp.quantization_loss_bytes,
-                -(profile.gpu_memory_gb or 0), profile.name)  # fmt: skip
-
-    if fitting:
-        profile, mp = min(fitting, key=rank)
-        others = len(fitting) - 1
-        return profile, (
-            f"Picked '{profile.name}' ({profile.description}) for {hardware.describe()}: its plan for {model} at "
-            f"{width}x{height} peaks at {mp.peak_gpu_bytes / 2**30:.1f} GiB per GPU and "
-            f"{mp.peak_ram_bytes / 2**30:.1f} GiB RAM and it moves {mp.traffic_bytes_per_image / 2**30:.0f} GiB of "
-            "weights per image"
-            + (f", the fastest of the {others + 1} profiles that fit." if others else "; it is the only profile that fits.")
-        )
-    if not candidates:
-        cpu = next(p for p in profiles if p.device == "cpu")
-        return cpu, (
-            f"No GPU profile can run on {hardware.describe()} ({'; '.join(rejected)}): using '{cpu.name}', "
-            "which is only practical for tiny models."
-        )
-    profile, mp = min(candidates, key=lambda c: (c[1].peak_gpu_bytes, c[0].gpu_memory_gb or 0))
-    return profile, (
-        f"No profile fits {hardware.describe()} for {model} at {width}x{height}. The leanest, '{profile.name}', "
-        f"needs {mp.peak_gpu_bytes / 2**30:.1f} GiB per GPU and {mp.peak_ram_bytes / 2**30:.1f} GiB RAM: "
-        f"{mp.verdict()}"
-    )

@@ -13,9 +13,11 @@ in, the previous one leaves), runs block i's backward, then moves to block i-1. 
 uses is always the resident one. Gradient checkpointing is therefore required (the trainer turns it on).
 
 Only frozen base weights travel; the LoRA weights, their gradients and the optimizer state stay on the GPU, and so
-do the small modules outside the blocks (embeddings, norms, projections). Each frozen tensor keeps a CPU master
-copy (pinned when the target is a GPU), so sending a block back costs nothing: its GPU copies are dropped.
-Quantized weights (optimum-quanto tensors) travel the same way. Copies are synchronous per block (no prefetch).
+do the small modules outside the blocks (embeddings, norms, projections) and the blocks the plan keeps resident
+(`MemoryPlan.resident_blocks["train_step"]`: as many as the card's budget allows, musubi-tuner's blocks-to-swap).
+Each streamed tensor keeps a CPU master copy, so sending a block back costs nothing: its GPU copies are dropped.
+Plain tensors' masters are pinned when the target is a GPU; quantized weights (optimum-quanto tensors, which
+serve `pin_memory` by dequantizing) are left as they are. Copies are synchronous per block (no prefetch).
 """
 
 from __future__ import annotations
@@ -40,17 +42,21 @@ def _is_adapter(module_name: str) -> bool:
 
 
 class BlockStreamer:
-    """Keeps at most one group of `blocks_per_group` consecutive blocks' frozen weights on `device`."""
+    """Keeps at most one group of `blocks_per_group` consecutive streamed blocks' frozen weights on `device`; the
+    blocks in `resident` (indices in execution order) stay there for good."""
 
-    def __init__(self, transformer, device, blocks_per_group: int = 1):
+    def __init__(self, transformer, device, blocks_per_group: int = 1, resident: set[int] = frozenset()):
         self.device = torch.device(device)
         self.park = torch.device(PARK_DEVICE)
         blocks = transformer_blocks(transformer)
+        for index in sorted(resident):
+            blocks[index].to(self.device)
         in_blocks = {id(m) for block in blocks for m in block.modules()}
+        streamed = [block for i, block in enumerate(blocks) if i not in resident]
         self.groups: list[list[tuple]] = []
-        for start in range(0, len(blocks), blocks_per_group):
+        for start in range(0, len(streamed), blocks_per_group):
             slots = []
-            for block in blocks[start : start + blocks_per_group]:
+            for block in streamed[start : start + blocks_per_group]:
                 for name, module in block.named_modules():
                     if _is_adapter(name):
                         module.to(self.device)  # adapters stay resident: the optimizer holds their parameters
@@ -67,16 +73,13 @@ class BlockStreamer:
         self.resident: int | None = None
         for index, group in enumerate(self.groups):
             self._place(group, onload=False)
-            for block in blocks[index * blocks_per_group : (index + 1) * blocks_per_group]:
+            for block in streamed[index * blocks_per_group : (index + 1) * blocks_per_group]:
                 block.register_forward_pre_hook(lambda module, args, index=index: self.bring(index))
 
     def _master(self, tensor: torch.Tensor) -> torch.Tensor:
         master = tensor.detach().to("cpu")
-        if self.device.type == "cuda":
-            try:
-                master = master.pin_memory()
-            except (RuntimeError, NotImplementedError, TypeError):  # some tensor subclasses cannot be pinned
-                pass
+        if self.device.type == "cuda" and type(master) is torch.Tensor:  # plain tensors only (see the docstring)
+            master = master.pin_memory()
         return master
 
     def bring(self, index: int) -> None:
@@ -100,8 +103,9 @@ class BlockStreamer:
                 module._buffers[key] = tensor
 
 
-def stream_blocks(transformer, device, blocks_per_group: int = 1) -> BlockStreamer:
-    """Stream `transformer`'s frozen block weights to `device` one group at a time (call after adding adapters)."""
-    streamer = BlockStreamer(transformer, device, blocks_per_group)
+def stream_blocks(transformer, device, blocks_per_group: int = 1, resident: set[int] = frozenset()) -> BlockStreamer:
+    """Stream `transformer`'s frozen block weights to `device` one group at a time, keeping the `resident` blocks
+    there (call after adding adapters)."""
+    streamer = BlockStreamer(transformer, device, blocks_per_group, resident)
     transformer._glance_block_streamer = streamer  # keeps it alive as long as the model
     return streamer

@@ -1,4 +1,4 @@
-"""Tiny offline stand-ins for Qwen-Image, FLUX.1-dev and Qwen-Image-Edit.
+"""Offline stand-ins for Qwen-Image, FLUX.1-dev and Qwen-Image-Edit: tiny ones, and real-width ones.
 
 Tests, CI and CPU demos need the real code paths (the same diffusers and transformers classes, prompt templates,
 latent packing and LoRA target names) without tens of gigabytes of weights or a network. Each tiny pipeline keeps
@@ -15,8 +15,14 @@ learned once by a plain BPE loop over the template words (ties broken alphabetic
 run depends on a training step (`tokenizers`' BPE trainer is not deterministic across processes). CLIP and T5 get
 character-level vocabularies built here; they need no particular token counts.
 
-Changing anything a tiny model is built from (the sizes here, the seeds, the tokenizer files, `configs/*`) changes
-its weights: bump VERSION so that cached folders are rebuilt.
+The real-width models (`realwidth/qwen-image`, `realwidth/flux`, `realwidth/qwen-image-edit`) keep every layer
+width of the real models -- transformer hidden and joint-attention sizes, the full VAE, text encoders at their real
+hidden size -- with one or two transformer blocks, one text-encoder layer and the small vocabularies above, saved in
+bfloat16 as the real checkpoints are (~1-2.5 GB each, built on first use). They run every profile's quantization,
+residency and placement choices on a CPU at the sizes the GPU would see, per layer.
+
+Changing anything a model is built from (the sizes here, the seeds, the tokenizer files, `configs/*`) changes its
+weights: bump VERSION so that cached folders are rebuilt.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,6 +65,8 @@ from transformers import (
 from .processors import build_qwen2vl_processor
 
 TINY_MODEL_IDS = ("tiny/qwen-image", "tiny/flux", "tiny/qwen-image-edit")
+REAL_WIDTH_MODEL_IDS = ("realwidth/qwen-image", "realwidth/flux", "realwidth/qwen-image-edit")
+EMBEDDED_MODEL_IDS = TINY_MODEL_IDS + REAL_WIDTH_MODEL_IDS
 
 # Cached folders are keyed by it (see the module docstring).
 VERSION = 1
@@ -68,15 +77,59 @@ _PACKAGE = Path(__file__).parent
 _CONFIGS = _PACKAGE / "configs"
 _QWEN_TOKENIZER = _PACKAGE / "assets" / "qwen_tokenizer"
 
-# Shared tiny sizes: transformer attention is 2 heads x 16, RoPE axes (frame, height, width) sum to the head dim.
-_HEADS, _HEAD_DIM, _ROPE_AXES = 2, 16, (4, 6, 6)
-_TEXT_WIDTH = 32
 _CLIP_MAX_LENGTH = 77
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """The size knobs of one scale. Transformer overrides apply on top of the real configs in `configs/`."""
+
+    qwen_transformer: dict
+    flux_transformer: dict
+    qwen_vae: dict
+    flux_vae: dict
+    qwen_text: dict  # small_qwen_vl_config arguments
+    clip: dict  # CLIPTextConfig sizes
+    t5: dict  # T5Config sizes
+
+
+# Tiny: transformer attention is 2 heads x 16, RoPE axes (frame, height, width) sum to the head dim, 32-wide text.
+_TINY_ATTENTION = dict(num_attention_heads=2, attention_head_dim=16, axes_dims_rope=(4, 6, 6), joint_attention_dim=32)
+SIZES = {
+    "tiny": Sizes(
+        qwen_transformer=dict(num_layers=2, **_TINY_ATTENTION),
+        flux_transformer=dict(num_layers=1, num_single_layers=1, pooled_projection_dim=32, **_TINY_ATTENTION),
+        qwen_vae=dict(base_dim=8, num_res_blocks=1),
+        flux_vae=dict(block_out_channels=(16, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                      up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=1, norm_num_groups=8),
+        qwen_text=dict(width=32, heads=2, kv_heads=1),
+        clip=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=32),
+        t5=dict(d_model=32, d_kv=16, d_ff=64, num_layers=1, num_heads=2, relative_attention_num_buckets=8),
+    ),
+    # Real widths (reference notes §6, configs/*): 2 Qwen-Image blocks, 1 + 1 FLUX blocks, the full VAEs, one
+    # text-encoder layer at the real hidden size (Qwen2.5-VL 3584 with a 1-block 1280-wide vision tower, CLIP-L 768,
+    # T5-XXL 4096).
+    "real-width": Sizes(
+        qwen_transformer=dict(num_layers=2),
+        flux_transformer=dict(num_layers=1, num_single_layers=1),
+        qwen_vae={},
+        flux_vae={},
+        qwen_text=dict(width=3584, heads=28, kv_heads=4, intermediate=18944, layers=1, mrope_section=(16, 24, 24),
+                       vision=dict(hidden_size=1280, intermediate_size=3420, num_heads=16)),
+        clip=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=1, num_attention_heads=12, projection_dim=768),
+        t5=dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=1, num_heads=64, relative_attention_num_buckets=32),
+    ),
+}  # fmt: skip
+
+
 def is_tiny_model_id(model_id: str) -> bool:
-    """True for the ids in TINY_MODEL_IDS (a misspelt `tiny/...` id is not one: `tiny_model_path` says so)."""
-    return model_id in TINY_MODEL_IDS
+    """True for the models built here, tiny or real-width (a misspelt id is not one: `tiny_model_path` says so)."""
+    return model_id in EMBEDDED_MODEL_IDS
+
+
+def family_name(model_id: str) -> str:
+    """'qwen-image', 'flux' or 'qwen-image-edit': the family a model built here belongs to."""
+    return _tiny_name(model_id)[0]
 
 
 def tiny_model_path(model_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -86,7 +139,8 @@ def tiny_model_path(model_id: str, cache_dir: str | os.PathLike | None = None) -
     `~/.cache/glance_lite`. It is written into a temporary sibling and renamed into place, so readers never see a
     half-written folder, and a concurrent builder that renamed first simply wins.
     """
-    folder = _cache_root(cache_dir) / "tiny" / f"{_tiny_name(model_id)}-v{VERSION}"
+    name, scale = _tiny_name(model_id)
+    folder = _cache_root(cache_dir) / "tiny" / f"{name}{'' if scale == 'tiny' else '-' + scale}-v{VERSION}"
     if (folder / "model_index.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -113,17 +167,22 @@ def build_tiny_pipeline(model_id: str) -> DiffusionPipeline:
     224x224 pixels (64 vision tokens).
     """
     builders = {"qwen-image": _qwen_image, "flux": _flux, "qwen-image-edit": _qwen_image_edit}
-    pipeline = builders[_tiny_name(model_id)]()
+    name, scale = _tiny_name(model_id)
+    pipeline = builders[name](SIZES[scale])
     for component in pipeline.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
+            if scale != "tiny":
+                component.to(torch.bfloat16)  # as the real checkpoints are stored
     return pipeline
 
 
-def _tiny_name(model_id: str) -> str:
-    if model_id not in TINY_MODEL_IDS:
-        raise ValueError(f"Unknown embedded model {model_id!r}. Embedded models: {', '.join(TINY_MODEL_IDS)}.")
-    return model_id.removeprefix("tiny/")
+def _tiny_name(model_id: str) -> tuple[str, str]:
+    """(family name, size) of a model built here."""
+    if model_id not in EMBEDDED_MODEL_IDS:
+        raise ValueError(f"Unknown embedded model {model_id!r}. Embedded models: {', '.join(EMBEDDED_MODEL_IDS)}.")
+    scale, name = model_id.split("/", 1)
+    return name, "tiny" if scale == "tiny" else "real-width"
 
 
 def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
@@ -152,24 +211,30 @@ def _seeded(component: str, build, *args, **kwargs):
 # ---- Qwen-Image family ---------------------------------------------------------------------------------------------
 
 
-def _qwen_image() -> QwenImagePipeline:
-    return QwenImagePipeline(**_qwen_components(_qwen_tokenizer()))
+def _qwen_image(sizes: Sizes) -> QwenImagePipeline:
+    return QwenImagePipeline(**_qwen_components(_qwen_tokenizer(), sizes))
 
 
-def _qwen_image_edit() -> QwenImageEditPipeline:
+def _qwen_image_edit(sizes: Sizes) -> QwenImageEditPipeline:
     tokenizer = _qwen_tokenizer()
-    return QwenImageEditPipeline(**_qwen_components(tokenizer), processor=_qwen_processor(tokenizer))
+    return QwenImageEditPipeline(**_qwen_components(tokenizer, sizes), processor=_qwen_processor(tokenizer))
 
 
-def _qwen_components(tokenizer: Qwen2Tokenizer) -> dict:
+def _qwen_components(tokenizer: Qwen2Tokenizer, sizes: Sizes) -> dict:
     """The components Qwen-Image and Qwen-Image-Edit share (as in the real models, with identical weights)."""
     return dict(
         scheduler=_scheduler("qwen-image"),
-        vae=_seeded("vae", _qwen_vae),
-        text_encoder=_seeded("text_encoder", _qwen_text_encoder, tokenizer),
+        vae=_seeded("vae", _from_real_config, AutoencoderKLQwenImage, "qwen-image", "vae", **sizes.qwen_vae),
+        text_encoder=_seeded("text_encoder", Qwen2_5_VLForConditionalGeneration, small_qwen_vl_config(tokenizer, **sizes.qwen_text)),
         tokenizer=tokenizer,
-        transformer=_seeded("transformer", _qwen_transformer),
-    )
+        transformer=_seeded("transformer", _from_real_config, QwenImageTransformer2DModel, "qwen-image", "transformer",
+                            **_text_width(sizes.qwen_transformer, sizes.qwen_text["width"])),
+    )  # fmt: skip
+
+
+def _text_width(transformer: dict, width: int) -> dict:
+    """The transformer reads the text encoder's hidden states: its joint-attention width follows the encoder's."""
+    return {"joint_attention_dim": width, **transformer}
 
 
 def _qwen_tokenizer() -> Qwen2Tokenizer:
@@ -184,50 +249,33 @@ def _qwen_processor(tokenizer: Qwen2Tokenizer) -> Qwen2VLProcessor:
     return build_qwen2vl_processor(image_processor, tokenizer)
 
 
-def _qwen_vae() -> AutoencoderKLQwenImage:
-    """Real latent statistics and 8x spatial downsampling (3 downsampling stages), 8 base channels."""
-    return _from_real_config(AutoencoderKLQwenImage, "qwen-image", "vae", base_dim=8, num_res_blocks=1)
+def small_qwen_vl_config(
+    tokenizer, width: int, heads: int, kv_heads: int, vision_width: int = 32, intermediate: int | None = None,
+    layers: int = 2, mrope_section=(2, 3, 3), vision: dict | None = None,
+) -> Qwen2_5_VLConfig:
+    """A Qwen2.5-VL text model `width` wide (`layers` layers) with a 1-block vision tower; token ids from `tokenizer`.
 
-
-def _qwen_text_encoder(tokenizer: Qwen2Tokenizer) -> Qwen2_5_VLForConditionalGeneration:
-    """Qwen2.5-VL with a 2-layer, 32-wide text model and a 1-block vision tower, token ids from `tokenizer`.
-
-    Qwen-Image uses only the last hidden state; the vision tower serves Qwen-Image-Edit's condition image.
-    """
-    config = small_qwen_vl_config(tokenizer, width=_TEXT_WIDTH, heads=_TEXT_WIDTH // _HEAD_DIM, kv_heads=1)
-    return Qwen2_5_VLForConditionalGeneration(config)
-
-
-def small_qwen_vl_config(tokenizer, width: int, heads: int, kv_heads: int, vision_width: int = 32) -> Qwen2_5_VLConfig:
-    """A 2-layer Qwen2.5-VL text model `width` wide with a 1-block vision tower; token ids from `tokenizer`.
-
-    Shared by the tiny models and the pocket model (glance_lite/pocket/base.py).
+    Qwen-Image uses only the last hidden state; the vision tower serves Qwen-Image-Edit's condition image. Shared by
+    the tiny, real-width and pocket models (glance_lite/pocket/base.py).
     """
     text = dict(
         vocab_size=len(tokenizer),
         hidden_size=width,
-        intermediate_size=2 * width,
-        num_hidden_layers=2,
+        intermediate_size=intermediate or 2 * width,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         max_position_embeddings=4096,
         rms_norm_eps=1e-6,
         # Multimodal RoPE: (temporal, height, width) sections sum to half the head dim.
-        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(mrope_section)},
         bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
     )
-    vision = dict(
-        depth=1,
-        hidden_size=vision_width,
-        intermediate_size=2 * vision_width,
-        num_heads=2,
-        out_hidden_size=width,
-        fullatt_block_indexes=[0],
-    )
+    vision = vision or dict(hidden_size=vision_width, intermediate_size=2 * vision_width, num_heads=2)
     return Qwen2_5_VLConfig(
         text_config=text,
-        vision_config=vision,
+        vision_config=dict(depth=1, out_hidden_size=width, fullatt_block_indexes=[0], **vision),
         image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
         vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
@@ -235,61 +283,20 @@ def small_qwen_vl_config(tokenizer, width: int, heads: int, kv_heads: int, visio
     )
 
 
-def _qwen_transformer() -> QwenImageTransformer2DModel:
-    return _from_real_config(
-        QwenImageTransformer2DModel,
-        "qwen-image",
-        "transformer",
-        num_layers=2,
-        num_attention_heads=_HEADS,
-        attention_head_dim=_HEAD_DIM,
-        axes_dims_rope=_ROPE_AXES,
-        joint_attention_dim=_TEXT_WIDTH,
-    )
-
-
 # ---- FLUX.1-dev ----------------------------------------------------------------------------------------------------
 
 
-def _flux() -> FluxPipeline:
+def _flux(sizes: Sizes) -> FluxPipeline:
     clip_tokenizer, t5_tokenizer = _clip_tokenizer(), _t5_tokenizer()
+    transformer = {"pooled_projection_dim": sizes.clip["projection_dim"], **_text_width(sizes.flux_transformer, sizes.t5["d_model"])}
     return FluxPipeline(
         scheduler=_scheduler("flux1-dev"),
-        vae=_seeded("vae", _flux_vae),
-        text_encoder=_seeded("text_encoder", _clip_text_encoder, clip_tokenizer),
+        vae=_seeded("vae", _from_real_config, AutoencoderKL, "flux1-dev", "vae", **sizes.flux_vae),
+        text_encoder=_seeded("text_encoder", _clip_text_encoder, clip_tokenizer, sizes.clip),
         tokenizer=clip_tokenizer,
-        text_encoder_2=_seeded("text_encoder_2", _t5_encoder, t5_tokenizer),
+        text_encoder_2=_seeded("text_encoder_2", _t5_encoder, t5_tokenizer, sizes.t5),
         tokenizer_2=t5_tokenizer,
-        transformer=_seeded("transformer", _flux_transformer),
-    )
-
-
-def _flux_vae() -> AutoencoderKL:
-    """FLUX VAE semantics (16 latent channels, scaling/shift factors, no quant convs), 4 blocks of 16 channels."""
-    return _from_real_config(
-        AutoencoderKL,
-        "flux1-dev",
-        "vae",
-        block_out_channels=(16, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=8,
-    )
-
-
-def _flux_transformer() -> FluxTransformer2DModel:
-    return _from_real_config(
-        FluxTransformer2DModel,
-        "flux1-dev",
-        "transformer",
-        num_layers=1,
-        num_single_layers=1,
-        num_attention_heads=_HEADS,
-        attention_head_dim=_HEAD_DIM,
-        axes_dims_rope=_ROPE_AXES,
-        joint_attention_dim=_TEXT_WIDTH,
-        pooled_projection_dim=_TEXT_WIDTH,
+        transformer=_seeded("transformer", _from_real_config, FluxTransformer2DModel, "flux1-dev", "transformer", **transformer),
     )
 
 
@@ -303,18 +310,14 @@ def _clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=_CLIP_MAX_LENGTH)
 
 
-def _clip_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+def _clip_text_encoder(tokenizer: CLIPTokenizer, sizes: dict) -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=_TEXT_WIDTH,
-        intermediate_size=2 * _TEXT_WIDTH,
-        num_hidden_layers=1,
-        num_attention_heads=2,
         max_position_embeddings=_CLIP_MAX_LENGTH,
-        projection_dim=_TEXT_WIDTH,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **sizes,
     )
     return CLIPTextModel(config)
 
@@ -327,19 +330,14 @@ def _t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
-def _t5_encoder(tokenizer: T5Tokenizer) -> T5EncoderModel:
+def _t5_encoder(tokenizer: T5Tokenizer, sizes: dict) -> T5EncoderModel:
     config = T5Config(
         vocab_size=len(tokenizer),
-        d_model=_TEXT_WIDTH,
-        d_kv=16,
-        d_ff=2 * _TEXT_WIDTH,
-        num_layers=1,
-        num_heads=2,
-        relative_attention_num_buckets=8,
         feed_forward_proj="gated-gelu",
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
+        **sizes,
     )
     return T5EncoderModel(config)
 

@@ -198,6 +198,7 @@ def train(
     restart: bool = False,
     progress: bool = True,
     verbose: bool = True,
+    device: str | None = None,
     **overrides,
 ) -> TrainResult:
     """Train the Slow-LoRA, the Fast-LoRA or both (slow first) on the image–caption pairs in `data`.
@@ -205,7 +206,8 @@ def train(
     `config`: a YAML file or dict of `TrainConfig` keys; keyword `overrides` win over it. Re-running the same call
     resumes from the newest checkpoint (a finished phase is not retrained); `restart=True` discards checkpoints.
     Nothing heavy happens before the config and the dataset have been checked. `progress`: tqdm bars; `verbose`:
-    one-line messages (resuming, skipping a finished phase, the summary with the generate command).
+    one-line messages (resuming, skipping a finished phase, the summary with the generate command). `device="cpu"`
+    runs the profile's training choices (quantized frozen base, block streaming, optimizer) on the CPU.
     """
     phases = _phases(phase)
     family = _family_without_loading(model)
@@ -218,7 +220,9 @@ def train(
     min_size = cfg.min_image_size or min(DEFAULT_MIN_SIZE, cfg.resolution)
     samples = validate_dataset(data, edit=family.needs_condition_image, min_size=min_size)
 
-    run = _start_run(model, family, cfg, samples, Path(output), profile, progress, verbose, restart, phases)
+    if device not in (None, "cpu"):
+        raise ValueError(f"device must be 'cpu' (run the profile's choices on the CPU) or left out, got {device!r}.")
+    run = _start_run(model, family, cfg, samples, Path(output), profile, progress, verbose, restart, phases, device)
     try:
         results = _train_phases(run, phases)
     finally:
@@ -238,7 +242,7 @@ def _train_phases(run: Run, phases) -> dict[str, PhaseResult]:
     todo = [p for p in phases if not _phase_done(run, p)]
     if todo:
         run.manager.on_load("transformer", lambda module: _prepare_transformer(module, run, todo))
-        run.transformer = run.manager.bring("transformer")
+        run.transformer = run.manager.bring("transformer", "train_step")
         for e in run.examples:
             e.state = run.family.training_state(run.manager.pipe, e.latents.to(run.dtype), e.height, e.width, e.condition)
     results = {}
@@ -307,14 +311,14 @@ def _family_without_loading(model: str):
     """
     from .families import family_by_name
     from .models import resolve_model
-    from .tiny import TINY_MODEL_IDS, is_tiny_model_id
+    from .tiny import family_name, is_tiny_model_id
 
-    if is_tiny_model_id(model) and model in TINY_MODEL_IDS:
-        return family_by_name(model.removeprefix("tiny/"))
+    if is_tiny_model_id(model):
+        return family_by_name(family_name(model))
     return resolve_model(model).family
 
 
-def _start_run(model, family, cfg, samples, output, profile, progress, verbose, restart, phases) -> Run:
+def _start_run(model, family, cfg, samples, output, profile, progress, verbose, restart, phases, device) -> Run:
     """Profile, accelerator, light pipeline, and every sample encoded (from the cache when possible)."""
     from .manager import ComponentManager
     from .memory import MemoryTracker
@@ -322,9 +326,10 @@ def _start_run(model, family, cfg, samples, output, profile, progress, verbose, 
 
     source = resolve_model(model)
     resolved = _resolve_profile(profile, model, cfg.resolution)
-    accelerator = _make_accelerator(resolved)
-    resolved = training_profile(resolved, accelerator.device)
-    manager = ComponentManager(source, resolved, tracker=MemoryTracker(torch.device(resolved.device), interval=0.05))
+    accelerator = _make_accelerator(resolved, device)
+    tracker = MemoryTracker(accelerator.device, interval=0.05)
+    manager = ComponentManager(source, resolved, tracker=tracker, device=device, rank=accelerator.local_process_index)
+    manager.image_size = (cfg.resolution, cfg.resolution)  # the plan's residency for the training step
     output.mkdir(parents=True, exist_ok=True)
     if restart and accelerator.is_main_process:
         _discard_previous(output, phases)
@@ -346,32 +351,22 @@ def _resolve_profile(profile, model: str, resolution: int):
     return resolve_profile(profile, model=model, height=resolution, width=resolution)
 
 
-def training_profile(profile, device):
-    """The profile as the trainer holds the transformer: the frozen base in `training.dtype`, quantized as
-    `training.base_quantization` says, resident on the device or, with `training.block_offload`, kept in CPU RAM and
-    streamed block by block by the trainer (`streaming.py`: inference's group offloading does not survive backward).
-    Text encoder and VAE keep their inference policies; they are evicted before the transformer loads anyway."""
-    t = profile.training
-    device = torch.device(device)
-    placement = "cpu" if device.type == "cpu" or t.block_offload else "resident"
-    base = profile.component("transformer")
-    transformer = dataclasses.replace(base, dtype=t.dtype, quantization=t.base_quantization, placement=placement, blocks_per_group=None, use_stream=False)
-    components = {**dict(profile.components), "transformer": transformer}
-    return dataclasses.replace(profile, device=str(device), components=components)
-
-
-def _make_accelerator(profile):
+def _make_accelerator(profile, device: str | None = None):
     """accelerate decides the device of this process (cuda:LOCAL_RANK under `accelerate launch`) and syncs gradients."""
     from accelerate import Accelerator
 
-    if profile.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"Profile '{profile.name}' trains on a CUDA GPU, and none is available here. Use --profile cpu (tiny models only).")
+    on_cpu = profile.device == "cpu" or device == "cpu"
+    if not on_cpu and not torch.cuda.is_available():
+        raise RuntimeError(
+            f"Profile '{profile.name}' trains on a CUDA GPU, and none is available here. Use --profile cpu, or "
+            "--device cpu to run this profile's choices on the CPU."
+        )
     from accelerate.utils import DistributedDataParallelKwargs
 
     # Frozen buffers are identical on every rank; not broadcasting them also lets block streaming swap them. Some
     # adapted layers never reach the loss (e.g. the last block's text-stream MLP in Qwen-Image): DDP must expect that.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=True)
-    return Accelerator(cpu=profile.device == "cpu", mixed_precision=profile.training.mixed_precision, kwargs_handlers=[ddp])
+    return Accelerator(cpu=on_cpu, mixed_precision=profile.training.mixed_precision, kwargs_handlers=[ddp])
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -384,12 +379,13 @@ def model_fingerprint(source, profile) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps([source.family.name, source.location]).encode())
     folder = Path(source.location)
-    for name in ("model_index.json", "text_encoder/config.json", "text_encoder_2/config.json", "vae/config.json"):
+    encoders = (*source.family.text_encoders, "vae")
+    for name in ("model_index.json", *(f"{component}/config.json" for component in encoders)):
         if (folder / name).is_file():
             digest.update(name.encode() + (folder / name).read_bytes())
-    for role in ("text_encoder", "vae"):
-        policy = profile.component(role)
-        digest.update(f"{role}:{policy.dtype}:{policy.quantization}".encode())
+    for component in ("text_encoder", "vae"):
+        policy = profile.component(component)
+        digest.update(f"{component}:{policy.dtype}:{policy.quantization}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -408,7 +404,7 @@ def encode_examples(manager, family, samples, cfg, cache: EmbeddingCache, run_dt
     """
     from .data import image_to_tensor, load_image, read_image_size, training_resolution
 
-    device = manager.device
+    device = manager.device  # where the training step runs: embeddings and latents end up there
     specs = []
     for s in samples:
         width, height = training_resolution(read_image_size(s.image_path), cfg.resolution)
@@ -434,9 +430,10 @@ def encode_examples(manager, family, samples, cfg, cache: EmbeddingCache, run_dt
 
     text_jobs = missing([(sp[k], (c, sp["control"])) for sp in specs for k, c in (("text", sp["sample"].caption), ("empty", ""))])
     if text_jobs:
+        text_device = manager.device_of(manager.text_components()[0])
         with manager.stage("text_encode", manager.text_components()) as pipe, torch.no_grad():
             for key, (caption, control) in text_jobs.items():
-                found[key] = family.encode_prompt(pipe, caption, device, image=control)
+                found[key] = family.encode_prompt(pipe, caption, text_device, image=control)
                 cache.put(key, found[key])
     for component in manager.text_components():
         manager.evict(component)
@@ -509,10 +506,11 @@ def _prepare_transformer(transformer, run: Run, phases) -> None:
     for name, param in transformer.named_parameters():
         if "lora_" in name:  # trained weights stay float32 (mixed precision: the frozen base is bf16/fp16)
             param.data = param.data.float()
-    if run.profile.training.block_offload:
+    if run.manager.placement("transformer", "train_step").mode == "streamed":
         from .streaming import stream_blocks
 
-        stream_blocks(transformer, run.manager.device, run.profile.training.blocks_per_group or 1)
+        resident = set(run.manager.plan().resident_blocks.get("train_step", ()))
+        stream_blocks(transformer, run.manager.device, run.profile.training.blocks_per_group or 1, resident)
 
 
 def _activate_adapter(transformer, phase: str) -> list[torch.nn.Parameter]:
@@ -729,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key, e.g. --set steps=120 (repeatable)")
     p.add_argument("--restart", action="store_true", help="discard this output folder's checkpoints and train from scratch")
     p.add_argument("--print-config", action="store_true", help="print the resolved training config for --model and exit")
+    p.add_argument("--device", choices=("cpu",), help="run the profile's training choices on the CPU (says what it cannot emulate)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -749,7 +748,8 @@ def main(argv: list[str] | None = None) -> int:
         missing = [name for name in ("model", "data", "output") if getattr(args, name) is None]
         if missing:
             raise ValueError(f"missing {', '.join('--' + m for m in missing)}.")
-        train(args.model, args.data, args.output, args.phase, args.profile, args.config, restart=args.restart, progress=not args.no_progress, **overrides)
+        train(args.model, args.data, args.output, args.phase, args.profile, args.config, restart=args.restart,
+              progress=not args.no_progress, device=args.device, **overrides)  # fmt: skip
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -18,12 +18,12 @@ from glance_lite.plan import (
     inventory,
     lora_param_count,
     lora_target_layers,
-    main,
     model_configs,
     plan,
     quantized_weight_bytes,
     shard_blocks,
 )
+from glance_lite.plan.__main__ import main
 from glance_lite.profiles import load_profile
 
 QWEN, FLUX, EDIT = "Qwen/Qwen-Image", "black-forest-labs/FLUX.1-dev", "Qwen/Qwen-Image-Edit"
@@ -145,7 +145,8 @@ def test_resolution_and_batched_cfg_change_the_activations():
     assert small.stages["vae_decode"].activations["cuda:0"] < big.stages["vae_decode"].activations["cuda:0"]
     unbatched = plan(QWEN, dataclasses.replace(load_profile("4090"), batch_cfg=False), 1024, 1024)
     assert unbatched.batch == 1 and unbatched.transformer_forwards == 20
-    assert unbatched.traffic_bytes_per_image > big.traffic_bytes_per_image
+    # with every block streamed, one batch of two moves each weight once per step instead of twice
+    assert unbatched.pcie.per_image_all_streamed > big.pcie.per_image_all_streamed
 
 
 def test_flux_and_edit_plans():

@@ -9,18 +9,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from glance_lite.autoselect import Hardware, select_profile
 from glance_lite.profiles import (
     COMPONENT_ROLES,
-    Hardware,
     Profile,
     ProfileError,
     list_profiles,
     load_profile,
-    select_profile,
 )
 
 GiB = 2**30
-BUILTIN = {"4090", "16gb", "12gb", "8gb", "v100-32gb", "v100-16gb", "multi-gpu", "a100-80gb", "cpu"}
+BUILTIN = {"4090", "3090", "16gb", "12gb", "8gb", "v100-32gb", "v100-16gb", "multi-gpu", "a100-80gb", "cpu"}
 PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 
@@ -98,7 +97,7 @@ def test_unknown_key_names_the_file_the_dotted_field_and_a_suggestion(tmp_path):
 
 def test_bad_value_lists_the_allowed_values(tmp_path):
     path = write_profile(tmp_path, lambda d: d["components"]["transformer"].update(quantization="int3"))
-    with pytest.raises(ProfileError, match=r"components\.transformer\.quantization = 'int3' is not one of none, bnb-nf4, "):
+    with pytest.raises(ProfileError, match=r"components\.transformer\.quantization = 'int3' is not one of none, torchao-int8, torchao-float8, bnb-nf4, "):
         load_profile(str(path))
 
 
@@ -174,7 +173,7 @@ def gpus(*cards, ram_gb=64):
     "hardware, expected",
     [
         (gpus((24, 8.9)), {"4090"}),
-        (gpus((24, 8.6), ram_gb=32), {"4090"}),
+        (gpus((24, 8.6), ram_gb=32), {"3090"}),  # Ampere: no fp8, so the int8 twin of the 4090 profile
         (gpus((16, 7.0)), {"v100-16gb"}),
         (gpus((32, 7.0)), {"v100-32gb"}),
         (gpus((16, 8.9)), {"16gb"}),
@@ -182,7 +181,7 @@ def gpus(*cards, ram_gb=64):
         (gpus((8, 8.6)), {"8gb"}),
         (gpus((24, 8.9), (24, 8.9)), {"multi-gpu", "4090"}),
         (gpus((80, 8.0)), {"a100-80gb"}),
-        (gpus((40, 8.0)), {"4090"}),  # bf16-capable: the fp16 V100 profile is not picked although it fits
+        (gpus((40, 8.0)), {"3090"}),  # bf16-capable: the fp16 V100 profile is not picked although it fits
         (Hardware(system_ram_bytes=16 * GiB), {"cpu"}),
     ],
 )

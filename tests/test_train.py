@@ -227,10 +227,11 @@ def test_encodings_are_cached_and_text_encoder_and_vae_are_gone_before_the_trans
     seen = []
     original = ComponentManager.bring
 
-    def bring(self, component):
+    def bring(self, component, stage="denoise"):
         if component == "transformer":
             seen.append({name: getattr(self.pipe, name, None) is not None for name in ("text_encoder", "vae")})
-        return original(self, component)
+            assert stage == "train_step"
+        return original(self, component, stage)
 
     monkeypatch.setattr(ComponentManager, "bring", bring)
     data = make_dataset(tmp_path / "data")

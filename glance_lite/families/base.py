@@ -60,6 +60,19 @@ class ModelFamily:
     needs_condition_image: ClassVar[bool] = False
     # Parameter-name fragments that only exist in this family's transformer (used to name a LoRA file's origin).
     signature_modules: ClassVar[tuple[str, ...]] = ()
+    # Pipeline components that encode the prompt, and the ones the denoise stage computes with.
+    text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)
+    denoise_components: ClassVar[tuple[str, ...]] = ("transformer",)
+    # Shapes the memory planner needs beyond the configs: text tokens the transformer sees per prompt at generation
+    # (a typical prompt) and in training (the recipe's max_sequence_length), the transformer's MLP width ratio, and
+    # for edit models the input image's area and the vision tokens it adds to the prompt.
+    generate_text_tokens: ClassVar[int] = 128
+    train_text_tokens: ClassVar[int] = 1024
+    mlp_ratio: ClassVar[float] = 4.0
+    condition_image_area: ClassVar[int] = 0
+    vision_tokens: ClassVar[int] = 0
+    # Batched CFG pads the prompt and the negative prompt to one length and masks the padding in attention.
+    masks_batched_prompts: ClassVar[bool] = False
 
     # ---- loading -------------------------------------------------------------------------------
     @property
@@ -104,6 +117,15 @@ class ModelFamily:
     def batched_state(self, state: LatentState) -> LatentState:
         """The LatentState for a batch holding the conditional and unconditional copies of one latent."""
         raise NotImplementedError
+
+    # ---- the input image of edit families ------------------------------------------------------
+    def condition_size(self, image) -> tuple[int, int]:
+        """(width, height) the input image is resized to before it conditions the model."""
+        raise ValueError(f"{self.name} models take no input image.")
+
+    def condition_pixels(self, pipe, image) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The input image as the pipeline feeds it to the VAE: ([1, 3, H, W] in [-1, 1], (W, H))."""
+        raise ValueError(f"{self.name} models take no input image.")
 
     def encode_image_latents(self, pipe, pixels: torch.Tensor, generator=None) -> torch.Tensor:
         """Clean training latents, packed as the transformer consumes them ([B, tokens, channels])."""

@@ -24,6 +24,9 @@ class FluxFamily(ModelFamily):
     recipe = TrainingRecipe(rank=16, alpha=64, learning_rate=5e-4, warmup_steps=0, optimizer="adamw")
     default_true_cfg_scale = 1.0
     signature_modules = ("single_transformer_blocks", "norm1_context")
+    text_encoders = ("text_encoder", "text_encoder_2")  # CLIP-L (pooled) and T5-XXL
+    generate_text_tokens = 512  # T5 is padded to 512 and attended without a mask
+    train_text_tokens = 512
 
     def encode_prompt(self, pipe, prompt: str, device, image=None) -> Conditioning:
         embeds, pooled, text_ids = pipe.encode_prompt(

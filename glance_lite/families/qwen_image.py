@@ -26,6 +26,10 @@ class QwenImageFamily(ModelFamily):
     )  # fmt: skip
     recipe = TrainingRecipe(rank=32, alpha=128, learning_rate=3e-4, warmup_steps=10, optimizer="adamw8bit")
     signature_modules = ("img_mod", "txt_mlp")
+    # A typical prompt is well under 128 tokens (the pipeline trims the padding); the recipe trains with 1024.
+    generate_text_tokens = 128
+    train_text_tokens = 1024
+    masks_batched_prompts = True  # prompt and negative prompt differ in length
 
     # ---- text ----------------------------------------------------------------------------------
     def encode_prompt(self, pipe, prompt: str, device, image=None) -> Conditioning:

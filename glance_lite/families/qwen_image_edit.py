@@ -23,6 +23,9 @@ class QwenImageEditFamily(QwenImageFamily):
     official_loras = None
     official_base_models = ("Qwen/Qwen-Image-Edit",)
     needs_condition_image = True
+    denoise_components = ("transformer", "vae")  # the input image is VAE-encoded inside the denoise stage
+    condition_image_area = STOCK_CONDITION_AREA
+    vision_tokens = 37 * 37  # a 1024x1024 input through the Qwen2-VL processor (28 px per merged token)
 
     def __init__(self, condition_area: int = STOCK_CONDITION_AREA):
         self.condition_area = condition_area

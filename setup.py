@@ -24,7 +24,8 @@ setup(
         "accelerate>=1.15,<2",
         "safetensors>=0.6",
         "bitsandbytes>=0.50.2,<0.51",
-        "optimum-quanto>=0.2.7,<0.3",
+        "torchao>=0.18,<0.19",  # streamed / sharded transformer storage (diffusers group offloading moves it)
+        "optimum-quanto>=0.2.7,<0.3",  # whole components on a CPU and the trainer's frozen base
         "huggingface_hub>=1.0",
         "tokenizers>=0.22",
         "numpy>=1.26",

@@ -461,9 +461,9 @@ class RandomWeightManager(ComponentManager):
     "load" of the transformer is a build + random init + (quanto) quantization; a reload rebuilds it.
     """
 
-    def __init__(self, source: RandomWeightSource, profile, *, seed: int = 0, init_std: float = 0.02, tracker=None):
+    def __init__(self, source: RandomWeightSource, profile, *, seed: int = 0, init_std: float = 0.02, tracker=None, device=None):
         self.seed, self.init_std = seed, init_std
-        super().__init__(source, profile, tracker)
+        super().__init__(source, profile, tracker, device=device)
 
     def _dtype(self, component: str) -> torch.dtype:
         return getattr(torch, self.policy(component).dtype)

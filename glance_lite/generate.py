@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora-compat", choices=("trained", "diffusers"), default="trained",
                    help="trained: every key at the trained scale; diffusers: load exactly as diffusers does (reproduces published images)")
     p.add_argument("--profile", default="auto", help="hardware profile name or YAML path (default: auto)")
+    p.add_argument("--device", choices=("cpu",), help="run the profile's choices (quantization, residency, placement) on the CPU")
     p.add_argument("--height", type=int, default=1024)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
@@ -97,16 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_size(args.height, args.width)
         split = PhaseSplit.parse(args.slow_steps, args.fast_steps) if (args.slow_steps or args.fast_steps) else None
-        if "LOCAL_RANK" in os.environ and args.profile == "auto":
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         glance = load(
             args.model, args.slow_lora, args.fast_lora,
             slow_weight_name=args.slow_weight_name, fast_weight_name=args.fast_weight_name,
             profile=args.profile, lora_compat=args.lora_compat, use_official_loras=not args.no_official_loras,
-            split=split, height=args.height, width=args.width,
+            split=split, height=args.height, width=args.width, device=args.device,
         )  # fmt: skip
         mine = _process_share(list(zip(prompts, outputs)))
         reports = []
@@ -126,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"wrote {out}")
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     if args.json:
         print(json.dumps({"model": args.model, "profile": glance.profile.name, "runs": reports}, indent=2))
     return 0

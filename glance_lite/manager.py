@@ -48,6 +48,19 @@ def cpu_emulation_note(profile) -> str:
     )
 
 
+def attention_backend(profile) -> str:
+    """The diffusers attention backend a profile asks for; a missing library is said before anything loads."""
+    import importlib.util
+
+    backend = ATTENTION_BACKENDS[profile.attention]
+    if backend != "native" and importlib.util.find_spec(backend) is None:
+        raise RuntimeError(
+            f"Profile '{profile.name}' asks for attention: {profile.attention}, but {backend} is not installed: "
+            'pip install -e ".[xformers]", or set attention: sdpa in the profile.'
+        )
+    return backend
+
+
 class ComponentManager:
     """Owns every heavy module of one loaded model and where it lives. See the module docstring.
 
@@ -61,6 +74,7 @@ class ComponentManager:
         self.profile = profile
         self.device_override = device
         self.rank = rank
+        self.attention = attention_backend(profile)
         self.device = self.device_of("transformer")
         self.tracker = tracker or MemoryTracker(self.device, interval=None)
         self.load_counts: dict[str, int] = {}
@@ -146,17 +160,8 @@ class ComponentManager:
 
     def _set_attention(self, module) -> None:
         """The profile's attention backend, through diffusers' attention-backend API (diffusers models only)."""
-        backend = ATTENTION_BACKENDS[self.profile.attention]
-        if backend == "native" or not hasattr(module, "set_attention_backend"):
-            return
-        import importlib.util
-
-        if importlib.util.find_spec(backend) is None:
-            raise RuntimeError(
-                f"Profile '{self.profile.name}' asks for attention: {self.profile.attention}, but {backend} is not "
-                "installed: pip install -e \".[xformers]\", or set attention: sdpa in the profile."
-            )
-        module.set_attention_backend(backend)
+        if self.attention != "native" and hasattr(module, "set_attention_backend"):
+            module.set_attention_backend(self.attention)
 
     def shard_map(self, component: str, gpu_bytes: dict[int, int] | None = None) -> dict[str, int]:
         """Whole blocks spread over the profile's GPUs (accelerate's device-map format).

@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,7 +147,8 @@ def tiny_model_path(model_id: str, cache_dir: str | os.PathLike | None = None) -
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent)
     try:
-        build_tiny_pipeline(model_id).save_pretrained(staging)
+        with _quiet_saving():
+            build_tiny_pipeline(model_id).save_pretrained(staging)
         os.rename(staging, folder)
     except OSError:
         if not (folder / "model_index.json").is_file():
@@ -154,6 +156,26 @@ def tiny_model_path(model_id: str, cache_dir: str | os.PathLike | None = None) -
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+@contextmanager
+def _quiet_saving():
+    """Building a model here is not the user's business: no "Writing model shards" bars or dtype advice."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
 
 
 def build_tiny_pipeline(model_id: str) -> DiffusionPipeline:

@@ -490,27 +490,40 @@ def phase_timesteps(run: Run, phase: str, height: int, width: int) -> list[float
 
 # ==== the transformer and its adapters ===============================================================================
 def _prepare_transformer(transformer, run: Run, phases) -> None:
-    """Called by the manager right after loading the frozen base, before it is placed: gradient checkpointing, one
-    LoRA per phase to train (each from its own seed), and block streaming if the profile asks for it."""
+    """Called by the manager right after loading the frozen base, before it is placed: one LoRA per phase to train
+    (each from its own seed), gradient checkpointing, and block streaming with the plan's resident blocks."""
+    cfg = run.config
+    add_training_adapters(transformer, run.family, cfg.rank, cfg.alpha, {p: cfg.seed + _PHASE_SEED[p] for p in phases})
+    streamed = run.manager.placement("transformer", "train_step").mode == "streamed"
+    resident = set(run.manager.plan().resident_blocks.get("train_step", ())) if streamed else set()
+    hold_frozen_base(transformer, run.profile.training, run.manager.device, streamed, resident)
+
+
+def add_training_adapters(transformer, family, rank: int, alpha: float, seeds: dict[str, int]) -> None:
+    """One trainable LoRA per name in `seeds` on the family's targets (gaussian init from that seed), kept in float32
+    whatever the frozen base's dtype (mixed precision)."""
     from peft import LoraConfig
 
-    cfg = run.config
-    if run.profile.training.gradient_checkpointing or run.profile.training.block_offload:
-        transformer.enable_gradient_checkpointing()  # block streaming requires it: weights leave the GPU after use
-    for phase in phases:
-        lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=list(run.family.lora_target_modules))
+    for name, seed in seeds.items():
+        lora = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=list(family.lora_target_modules))
         with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # one adapter per phase: intended
-            torch.manual_seed(cfg.seed + _PHASE_SEED[phase])
-            transformer.add_adapter(lora, adapter_name=phase)
+            torch.manual_seed(seed)
+            transformer.add_adapter(lora, adapter_name=name)
     for name, param in transformer.named_parameters():
-        if "lora_" in name:  # trained weights stay float32 (mixed precision: the frozen base is bf16/fp16)
+        if "lora_" in name:
             param.data = param.data.float()
-    if run.manager.placement("transformer", "train_step").mode == "streamed":
+
+
+def hold_frozen_base(transformer, training, device, streamed: bool, resident: set[int]) -> None:
+    """Gradient checkpointing as the profile says (always when streaming: weights leave the GPU after use), and the
+    frozen base streamed block by block except the `resident` blocks (`streaming.py`)."""
+    if training.gradient_checkpointing or streamed:
+        transformer.enable_gradient_checkpointing()
+    if streamed:
         from .streaming import stream_blocks
 
-        resident = set(run.manager.plan().resident_blocks.get("train_step", ()))
-        stream_blocks(transformer, run.manager.device, run.profile.training.blocks_per_group or 1, resident)
+        stream_blocks(transformer, device, training.blocks_per_group or 1, resident)
 
 
 def _activate_adapter(transformer, phase: str) -> list[torch.nn.Parameter]:
@@ -755,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

@@ -46,3 +46,19 @@ def qwen_loras(tmp_path_factory):
     return make_random_lora("tiny/qwen-image", folder / "slow.safetensors", 1), make_random_lora(
         "tiny/qwen-image", folder / "fast.safetensors", 2
     )
+
+
+def profile_variant(tmp_path: Path, base: str, name: str = "variant", top: dict | None = None, training: dict | None = None, **components):
+    """A built-in profile with some settings changed, written and loaded as a user's YAML file (validated as one)."""
+    import yaml
+
+    from glance_lite.profiles import load_profile
+
+    data = load_profile(base).to_dict()
+    data.update(top or {}, name=name)
+    data["training"].update(training or {})
+    for component, changes in components.items():
+        data["components"][component].update(changes)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_profile(str(path))

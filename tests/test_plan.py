@@ -87,6 +87,42 @@ def test_4090_fits_every_stage_including_training_under_20_gib():
     assert mp.lora_rank == 32 and mp.batch == 2 and mp.transformer_forwards == 10
 
 
+def test_4090_keeps_blocks_resident_within_20_gib_and_moves_under_40_percent_of_full_streaming():
+    mp = plan(QWEN, "4090", 1024, 1024)
+    assert mp.peak_gpu_bytes <= 20 * GiB
+    resident = mp.resident_blocks["denoise"]
+    assert 0 < len(resident) < 60
+    assert mp.pcie.per_image <= 0.40 * mp.pcie.per_image_all_streamed
+    assert mp.pcie.per_train_step < mp.pcie.per_train_step_all_streamed
+    streamed = [i for i in range(60) if i not in resident]
+    assert max(b - a for a, b in zip(streamed, streamed[1:])) <= 60 // len(streamed) + 1  # spread evenly
+    slow = mp.stages["slow_phase"]
+    assert slow.streamed["cuda:0"] == 2 * mp.components["transformer"].largest_block_bytes  # computing + prefetched
+
+
+def test_the_v100_transformer_activations_are_planned_in_float32_as_it_computes():
+    v100 = load_profile("v100-16gb")
+    fp16 = dataclasses.replace(v100, components={**dict(v100.components), "transformer": dataclasses.replace(v100.component("transformer"), dtype="float16")})
+    acts32 = plan(QWEN, v100, 1024, 1024, gpu_memory_gb=80).stages["slow_phase"].activations["cuda:0"]
+    acts16 = plan(QWEN, fp16, 1024, 1024, gpu_memory_gb=80).stages["slow_phase"].activations["cuda:0"]
+    assert acts32 == pytest.approx(2 * acts16, rel=0.01)
+
+
+def test_embedded_and_real_width_models_plan_through_the_model_resolver(capsys):
+    assert main(["--model", "pocket/qwen-image", "--profile", "4090", "--height", "64", "--width", "64"]) == 0
+    assert "Verdict: fits" in capsys.readouterr().out
+    assert plan("realwidth/flux", "cpu", 64, 64).components["transformer"].blocks == 2
+    assert main(["--model", "4090-is-not-a-model/x/y", "--profile", "4090"]) == 2
+    assert capsys.readouterr().err.startswith("error: Cannot plan for")
+
+
+def test_the_cpu_override_plans_every_byte_in_ram_with_the_gpu_plans_resident_blocks():
+    gpu, cpu = plan(QWEN, "12gb", 1024, 1024), plan(QWEN, "12gb", 1024, 1024, device="cpu")
+    assert cpu.resident_blocks == gpu.resident_blocks  # the emulation splits the blocks as the card would
+    assert all(set(stage.devices) == {"cpu"} for stage in cpu.stages.values())
+    assert "emulated on the CPU" in cpu.table()
+
+
 @pytest.mark.parametrize("name, gpu_limit_gb", [("8gb", 8), ("12gb", 11.5), ("16gb", 16), ("v100-16gb", 16), ("v100-32gb", 32)])
 def test_smaller_profiles_fit_their_cards(name, gpu_limit_gb):
     mp = plan(QWEN, name, 1024, 1024)
@@ -269,6 +305,28 @@ def test_planned_bytes_equal_a_quanto_quantized_transformer(model_id, qtype):
     quanto.freeze(module)
     state_bytes = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     assert component_bytes(inventory(component), "bfloat16", f"quanto-{qtype}") == state_bytes
+
+
+@pytest.mark.parametrize("quantization", ["torchao-int8", "torchao-float8"])
+@pytest.mark.parametrize("model_id", ["tiny/qwen-image", "tiny/flux"])
+def test_planned_bytes_equal_a_torchao_quantized_transformer(model_id, quantization):
+    """diffusers' TorchAoConfig while loading: int8 data + fp32 scale + int8 zero point per row, float8 data + fp32
+    scale per row, every Linear except `_keep_in_fp32_modules`; biases and norms stay in the model dtype."""
+    import diffusers
+
+    from glance_lite.quantize import loading_kwargs
+    from glance_lite.tiny import tiny_model_path
+
+    component = model_configs(model_id).component("transformer")
+    cls = getattr(diffusers, component.class_name)
+    kwargs = loading_kwargs(cls, quantization, "bfloat16", torch.device("cpu"))
+    module = cls.from_pretrained(tiny_model_path(model_id) / "transformer", torch_dtype=torch.bfloat16, **kwargs)
+    stored = 0
+    for param in module.parameters():
+        names = (*getattr(type(param), "tensor_data_names", ()), *getattr(type(param), "optional_tensor_data_names", ()))
+        inner = [getattr(param, n) for n in names if getattr(param, n, None) is not None] or [param]
+        stored += sum(t.numel() * t.element_size() for t in inner)
+    assert component_bytes(inventory(component), "bfloat16", quantization) == stored
 
 
 @pytest.mark.parametrize("shape", [(128, 256), (64, 96)])

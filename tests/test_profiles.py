@@ -146,6 +146,45 @@ def test_inconsistent_settings_are_refused_before_anything_loads(tmp_path, base,
         load_profile(str(write_profile(tmp_path, edit, base=base)))
 
 
+@pytest.mark.parametrize(
+    "base, edit, expected",
+    [
+        ("4090", lambda d: d["components"]["transformer"].update(quantization="quanto-qfloat8"),
+         r"'quanto-qfloat8' with placement 'group_offload' is refused: .*diffusers#12610.*use torchao-int8"),
+        ("multi-gpu", lambda d: d["components"]["text_encoder"].update(quantization="bnb-int8"),
+         r"'bnb-int8' with placement 'model_offload' is refused: .*do not move bitsandbytes 8-bit models"),
+        ("4090", lambda d: d["components"]["transformer"].update(quantization="bnb-nf4"),
+         r"'bnb-nf4' with placement 'group_offload' is refused: diffusers group offloading has no bitsandbytes path"),
+        ("4090", lambda d: d["training"].update(base_quantization="bnb-nf4"), r"with training\.block_offload is refused"),
+        ("4090", lambda d: d["training"].update(base_quantization="torchao-int8"), r"base_quantization = 'torchao-int8' is not one of"),
+    ],
+)  # fmt: skip
+def test_a_pairing_known_to_break_upstream_is_refused_with_the_alternative(tmp_path, base, edit, expected):
+    with pytest.raises(ProfileError, match=expected):
+        load_profile(str(write_profile(tmp_path, edit, base=base)))
+
+
+def test_no_shipped_profile_pairs_storage_and_placement_the_pinned_libraries_cannot_run():
+    from glance_lite.pairings import placement_problem, training_problem
+
+    for name in list_profiles():
+        profile = load_profile(name)
+        for policy in profile.components.values():
+            assert placement_problem(policy.quantization, policy.placement) is None, name
+            assert not policy.quantization.startswith("quanto-") or profile.device == "cpu"  # quanto: CPU and training only
+        assert training_problem(profile.training.base_quantization, profile.training.block_offload) is None
+
+
+def test_a_broken_user_profile_is_one_error_line_from_the_cli(tmp_path, capsys):
+    from glance_lite.generate import main
+
+    path = write_profile(tmp_path, lambda d: d["components"]["transformer"].update(quantization="quanto-qint8"))
+    assert main(["--model", "tiny/qwen-image", "--profile", str(path), "--prompt", "a cube", "--out", str(tmp_path / "a.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "torchao-int8" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "a.png").exists()
+
+
 def test_unknown_profile_name_lists_the_builtin_ones_and_mentions_yaml_paths():
     with pytest.raises(ProfileError) as err:
         load_profile("4080")

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 
+from ..placement import placement
 from ..profiles import Profile, load_profile
 from .activations import (
     ACTIVATION_SLACK,
@@ -129,10 +130,8 @@ def _denoise_streaming(ctx: StageContext, denoise_acts: dict, notes) -> Streamed
     (computed for the profile's card even when emulated on the CPU, so the CPU run splits the blocks the same way)."""
     if ctx.profile.component("transformer").placement != "group_offload":
         return None
-    streaming = inference_streaming(ctx, "transformer")
     gpu_ctx = ctx if ctx.device is None else StageContext(**{**vars(ctx), "device": None})
-    if not gpu_ctx.gpus():
-        return streaming.with_resident(())
+    streaming = inference_streaming(gpu_ctx, "transformer")
 
     def peak(candidate: StreamedWeights) -> int:
         stage = build_stage(gpu_ctx, "slow_phase", "denoise", denoise_acts, notes, {"transformer": candidate})
@@ -145,18 +144,20 @@ def _denoise_streaming(ctx: StageContext, denoise_acts: dict, notes) -> Streamed
 def _train_stage(ctx: StageContext, inv: Inventory, tokens: Tokens, lora_params: int, batch: int) -> tuple[StagePlan, StreamedWeights | None]:
     """One LoRA step: frozen base (training quantization, block streaming with resident blocks), fp32 LoRA weights,
     gradients and optimizer state, checkpointed activations. Text embeddings and latents are cached beforehand,
-    so neither the text encoder nor the VAE is loaded."""
+    so neither the text encoder nor the VAE is loaded. Resident blocks are chosen for the profile's card, also when
+    the run is emulated on the CPU."""
     training = ctx.profile.training
     where = ctx.place("transformer", "train_step")
-    dtype, device = where.dtype, where.device
+    on_card = placement(ctx.profile, "transformer", "train_step", family=ctx.family)
+    dtype = where.dtype
     block_bytes, outside = frozen_base_bytes(inv, dtype, where.quantization)
     trainable = lora_params * (LORA_TRAIN_PARAM_BYTES + LORA_GRAD_BYTES + OPTIMIZER_STATE_BYTES[training.optimizer])
     acts = transformer_training_activations(inv, tokens, batch, dtype, ctx.family.mlp_ratio, training.gradient_checkpointing)
     acts = int((acts + _dequant_transient(inv, dtype, where.quantization)) * ACTIVATION_SLACK)
     base = sum(block_bytes) + outside
-    on_gpu = device != "cpu"
 
-    def stage_with(streaming: StreamedWeights | None) -> StagePlan:
+    def stage_with(streaming: StreamedWeights | None, device: str) -> StagePlan:
+        on_gpu = device != "cpu"
         weights, streamed = {}, {}
         loading = base if on_gpu else 0  # the base is loaded (and quantized) in RAM, then placed
         if streaming is not None and on_gpu:
@@ -172,15 +173,17 @@ def _train_stage(ctx: StageContext, inv: Inventory, tokens: Tokens, lora_params:
             f"frozen base {where.quantization} in {dtype}: {base / GiB:.2f} GiB"
             + (f", {len(streaming.resident)} of {len(block_bytes)} blocks resident, the rest streamed" if streaming else " resident"),
         )
-        return StagePlan("train_step", ("transformer",), weights, streamed, {device: acts}, overhead, ctx.budget(), notes)
+        placements = {name: ctx.place(name, "train_step") for name in ctx.comps}
+        return StagePlan("train_step", ("transformer",), weights, streamed, {device: acts}, overhead, ctx.budget(), notes, placements)
 
     if where.mode != "streamed":
-        return stage_with(None), None
+        return stage_with(None, where.device), None
     streaming = StreamedWeights(block_bytes, outside, (), training.blocks_per_group or 1, TRAINING_STREAM_IN_FLIGHT)
-    if on_gpu:
-        resident = choose_resident_blocks(streaming, lambda s: stage_with(s).peak(device), ctx.target(), training.resident_blocks)
-        streaming = streaming.with_resident(resident)
-    return stage_with(streaming), streaming
+    target = ctx.target() if ctx.device is None else StageContext(**{**vars(ctx), "device": None}).target()
+    if on_card.device != "cpu":
+        peak = lambda s: stage_with(s, on_card.device).peak(on_card.device)  # noqa: E731
+        streaming = streaming.with_resident(choose_resident_blocks(streaming, peak, target, training.resident_blocks))
+    return stage_with(streaming, where.device), streaming
 
 
 def plan(

@@ -49,6 +49,7 @@ class StagePlan:
     overhead: dict[str, int]
     budget: dict[str, int]
     notes: tuple[str, ...] = ()
+    placements: dict = field(default_factory=dict)  # component -> the placement.Placement these bytes price
 
     @property
     def devices(self) -> list[str]:
@@ -91,6 +92,7 @@ class StagePlan:
             "fits": {device: self.fits_on(device) for device in self.devices},
             "peak_bytes": self.peak_bytes,
             "notes": list(self.notes),
+            "placements": {name: dict(vars(where)) for name, where in self.placements.items()},
         }
 
 

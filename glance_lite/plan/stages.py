@@ -169,9 +169,9 @@ def build_stage(
     streamed: dict[str, int] = {}
     activations: dict[str, int] = {}
     loading = 0
-    running = []
+    running, placements = [], {}
     for component, comp in ctx.comps.items():
-        where = ctx.place(component, stage)
+        where = placements[component] = ctx.place(component, stage)
         total = comp.total_bytes
         if where.state == "evict":
             continue
@@ -202,7 +202,7 @@ def build_stage(
                 activations[target] = max(activations.get(target, 0), activations_by_component.get(component, 0))
     used = set(ctx.gpus()) & (set(weights) | set(streamed) | set(activations))
     overhead = overheads(used or ctx.gpus()[:1], extra_ram=loading)
-    return StagePlan(name, tuple(running), weights, streamed, activations, overhead, ctx.budget(), tuple(notes))
+    return StagePlan(name, tuple(running), weights, streamed, activations, overhead, ctx.budget(), tuple(notes), placements)
 
 
 def shard_blocks(block_bytes: list[int], budgets: list[int]) -> list[int]:

@@ -16,8 +16,8 @@ at the 5 early timesteps, the Fast-LoRA at the 5 late ones (reference notes §1,
      phase is added before placement, each from its own seed (the fast one does not depend on the slow run);
   4. `train_phase` per phase: the loop below; atomic checkpoints every `checkpoint_every` steps, so re-running the
      same command after a crash or kill -9 resumes where the last checkpoint left off, bit for bit;
-  5. OUT/slow.safetensors and OUT/fast.safetensors: diffusers LoRA files with their alpha in the metadata, loaded at
-     the trained scale by `glance_lite.load(..., slow_lora=, fast_lora=)` and by `pipe.load_lora_weights`.
+  5. OUT/slow.safetensors and OUT/fast.safetensors: LoRA files with one `.alpha` key per layer (`lora.py`), loaded at
+     the trained scale by `glance_lite.load(..., slow_lora=, fast_lora=)`, by `pipe.load_lora_weights` and by ComfyUI.
 
 Timesteps: by default (`timesteps: consistent`) each phase trains at the TRUE schedule timesteps of the training
 resolution, the ones `glance_lite.generate` samples at in its default consistent mode. The reference trainer

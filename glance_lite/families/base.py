@@ -60,6 +60,11 @@ class ModelFamily:
     needs_condition_image: ClassVar[bool] = False
     # Parameter-name fragments that only exist in this family's transformer (used to name a LoRA file's origin).
     signature_modules: ClassVar[tuple[str, ...]] = ()
+    # Key prefix of the LoRA files glance_lite writes: one that plain diffusers and ComfyUI both read together with
+    # per-layer `.alpha` keys for this family (lora.py, README "LoRA files").
+    lora_key_prefix: ClassVar[str] = "transformer."
+    # Prefixes ComfyUI maps to this family's model for diffusers-named LoRA keys (comfy/lora.py, model_lora_keys_unet).
+    comfyui_lora_prefixes: ClassVar[tuple[str, ...]] = ("transformer.",)
 
     # ---- loading -------------------------------------------------------------------------------
     @property

@@ -26,6 +26,10 @@ class QwenImageFamily(ModelFamily):
     )  # fmt: skip
     recipe = TrainingRecipe(rank=32, alpha=128, learning_rate=3e-4, warmup_steps=10, optimizer="adamw8bit")
     signature_modules = ("img_mod", "txt_mlp")
+    # diffusers converts a Qwen-Image file with `.alpha` keys and prefixes every key with `transformer.` itself, so
+    # `transformer.`-prefixed keys end up doubled and fail to load; `diffusion_model.` is stripped first.
+    lora_key_prefix = "diffusion_model."
+    comfyui_lora_prefixes = ("diffusion_model.", "transformer.", "")
 
     # ---- text ----------------------------------------------------------------------------------
     def encode_prompt(self, pipe, prompt: str, device, image=None) -> Conditioning:

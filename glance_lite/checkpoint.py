@@ -208,7 +208,9 @@ def restore_training_checkpoint(checkpoint: Checkpoint, state: dict, *, transfor
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    tensors = {k.removeprefix("transformer."): v for k, v in load_file(checkpoint.adapter_path).items()}
+    from .lora import peft_layers
+
+    tensors = peft_layers(load_file(checkpoint.adapter_path))
     result = set_peft_model_state_dict(transformer, tensors, adapter_name=adapter_name)
     unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
     if unexpected:

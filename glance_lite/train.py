@@ -16,8 +16,8 @@ at the 5 early timesteps, the Fast-LoRA at the 5 late ones (reference notes §1,
      phase is added before placement, each from its own seed (the fast one does not depend on the slow run);
   4. `train_phase` per phase: the loop below; atomic checkpoints every `checkpoint_every` steps, so re-running the
      same command after a crash or kill -9 resumes where the last checkpoint left off, bit for bit;
-  5. OUT/slow.safetensors and OUT/fast.safetensors: diffusers LoRA files with their alpha in the metadata, loaded at
-     the trained scale by `glance_lite.load(..., slow_lora=, fast_lora=)` and by `pipe.load_lora_weights`.
+  5. OUT/slow.safetensors and OUT/fast.safetensors: LoRA files with one `.alpha` key per layer (`lora.py`), loaded at
+     the trained scale by `glance_lite.load(..., slow_lora=, fast_lora=)`, by `pipe.load_lora_weights` and by ComfyUI.
 
 Timesteps: by default (`timesteps: consistent`) each phase trains at the TRUE schedule timesteps of the training
 resolution, the ones `glance_lite.generate` samples at in its default consistent mode. The reference trainer
@@ -61,7 +61,7 @@ from .data import (
     validate_dataset,
 )
 from .loss_log import LossLog, plot_loss_curve, read_loss_csv
-from .train_config import PHASES, TrainConfig, parse_set_options, read_config_file
+from .train_config import PHASES, RUN_KEYS, ConfigFile, TrainConfig, load_config_file, parse_set_options, read_config_file
 
 # Config keys that do not change what is trained (a resumed run may change them).
 _BOOKKEEPING_KEYS = ("checkpoint_every", "keep_checkpoints", "cache_dir")
@@ -734,9 +734,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="hub id (Qwen/Qwen-Image, black-forest-labs/FLUX.1-dev, Qwen/Qwen-Image-Edit), local folder, or tiny/qwen-image | tiny/flux | tiny/qwen-image-edit")
     p.add_argument("--data", type=Path, help="dataset folder: image + same-name .txt caption (edit models: image/ and control/)")
     p.add_argument("--output", type=Path, help="output folder (adapters, logs, checkpoints, cache)")
-    p.add_argument("--phase", choices=("slow", "fast", "both"), default="both", help="which adapter(s) to train (both: slow, then fast)")
+    p.add_argument("--phase", choices=("slow", "fast", "both"), help="which adapter(s) to train (both: slow, then fast; default: an official config's Slow_LoRA/Fast_LoRA, else both)")
     p.add_argument("--profile", default="auto", help="hardware profile name or YAML path (default: auto)")
-    p.add_argument("--config", type=Path, help="YAML file of training settings (see --print-config)")
+    p.add_argument("--config", type=Path, help="YAML file of training settings (see --print-config), or an official Glance train_configs/*.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key, e.g. --set steps=120 (repeatable)")
     p.add_argument("--restart", action="store_true", help="discard this output folder's checkpoints and train from scratch")
     p.add_argument("--print-config", action="store_true", help="print the resolved training config for --model and exit")
@@ -749,20 +749,23 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         overrides = parse_set_options(args.set)
+        config = load_config_file(args.config) if args.config else ConfigFile({})
+        run, settings, notes = config.resolve({k: getattr(args, k) for k in RUN_KEYS}, overrides)
         if args.print_config:
-            if not args.model:
+            if not run.get("model"):
                 raise ValueError("--print-config needs --model.")
             import yaml
 
-            settings = read_config_file(args.config) if args.config else {}
-            cfg = TrainConfig.for_family(_family_without_loading(args.model), {**settings, **overrides})
-            print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+            cfg = TrainConfig.for_family(_family_without_loading(run["model"]), settings)
+            print("".join(f"# {line}\n" for line in notes) + yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
-        missing = [name for name in ("model", "data", "output") if getattr(args, name) is None]
+        for line in notes:
+            print(line)
+        missing = [name for name in ("model", "data", "output") if run.get(name) is None]
         if missing:
             raise ValueError(f"missing {', '.join('--' + m for m in missing)}.")
-        train(args.model, args.data, args.output, args.phase, args.profile, args.config, restart=args.restart,
-              progress=not args.no_progress, device=args.device, **overrides)  # fmt: skip
+        train(run["model"], run["data"], run["output"], run.get("phase", "both"), args.profile, settings, restart=args.restart,
+              progress=not args.no_progress, device=args.device)  # fmt: skip
     except DatasetError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,13 @@
 """The trainer's settings: `TrainConfig` (the family's reference recipe plus a user's overrides, each checked with
-a message that names the key) and the YAML file a run can read them from (`--config`, `--set key=value`)."""
+a message that names the key) and the YAML file a run can read them from (`--config`, `--set key=value`): either
+glance_lite's own keys or, as is, the official Glance trainer's `train_configs/Glance_qwen.yaml` / `Glance_flux.yaml`
+(mapped key by key below, in one table, with one note per key)."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +143,13 @@ def _checked_timesteps(value):
 
 
 def read_config_file(path: str | Path) -> dict:
-    """A YAML mapping of config keys (see `TrainConfig`; `python -m glance_lite.train --print-config`)."""
+    """The `TrainConfig` settings of a YAML file (see `load_config_file`)."""
+    return load_config_file(path).settings
+
+
+def load_config_file(path: str | Path) -> "ConfigFile":
+    """A YAML mapping of config keys (see `TrainConfig`; `python -m glance_lite.train --print-config`), or an official
+    Glance training config, recognised by its keys and translated (`translate_official_config`)."""
     import yaml
 
     path = Path(path)
@@ -153,8 +161,10 @@ def read_config_file(path: str | Path) -> dict:
         raise ValueError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a training config must be a YAML mapping of key: value.")
+    if any(key in _OFFICIAL_ONLY_KEYS for key in data):
+        return translate_official_config(data, source=path.name)
     # YAML 1.1 reads 3e-4 as a string; numbers written that way are meant as numbers.
-    return {k: _yaml_number(v) for k, v in data.items()}
+    return ConfigFile({k: _yaml_number(v) for k, v in data.items()})
 
 
 def _yaml_number(value):
@@ -177,3 +187,184 @@ def parse_set_options(items: list[str]) -> dict:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}.")
         out[key.strip()] = _yaml_number(yaml.safe_load(value))
     return out
+
+
+# ==== the official Glance trainer's YAML ===========================================================================
+# CSU-JPG/Glance train_configs/Glance_qwen.yaml and Glance_flux.yaml, as its train_Glance_qwen.py / train_Glance_flux.py
+# read them. Every key becomes a TrainConfig key or a run argument (RUN_KEYS), or is not used, for the reason given.
+RUN_KEYS = ("model", "data", "output", "phase")
+OFFICIAL_RENAMES = {
+    "pretrained_model_name_or_path": "model",
+    "data_config.img_dir": "data",  # relative paths: to the working directory, as in the reference
+    "output_dir": "output",
+    "data_config.img_size": "resolution",  # both: long side to img_size, then each side down to a multiple of 32
+    "data_config.caption_dropout_rate": "caption_dropout",
+    "caption_dropout_rate": "caption_dropout",
+    "max_train_steps": "steps",
+    "learning_rate": "learning_rate",
+    "adam_epsilon": "adam_epsilon",
+    "max_grad_norm": "max_grad_norm",
+    "checkpointing_steps": "checkpoint_every",
+    "checkpoints_total_limit": "keep_checkpoints",
+}
+_CACHED = "text embeddings and latents are always cached on disk (OUTPUT/cache)"
+_LOGS = "the loss goes to OUTPUT/<phase>_loss.csv and .png"
+_NO_PREVIEWS = "no preview images while training; the command that generates with the adapters is printed at the end"
+_ONE_SAMPLE = "one sample per step and process (several GPUs: accelerate launch)"
+OFFICIAL_UNUSED = {
+    "quantize": "the profile's training.base_quantization decides",
+    "mixed_precision": "the profile's training.dtype and mixed_precision decide",
+    "train_batch_size": _ONE_SAMPLE,
+    "data_config.train_batch_size": _ONE_SAMPLE,
+    "gradient_accumulation_steps": "one optimizer step per training step",
+    "data_config.num_workers": "samples are encoded once and cached; there is no data loader",
+    "data_config.random_ratio": "images keep their aspect ratio (no random crops)",
+    "data_config.caption_type": "captions are the images' same-name .txt files",
+    "resume_from_checkpoint": "a run always resumes from the newest checkpoint in its output folder (--restart starts over)",
+    "precompute_text_embeddings": _CACHED, "precompute_image_embeddings": _CACHED, "save_cache_on_disk": _CACHED,
+    "report_to": _LOGS, "logging_dir": _LOGS, "tracker_project_name": _LOGS,
+    "double_blocks": "the reference's FLUX trainer does not read it either",
+    "disable_sampling": _NO_PREVIEWS, "sample_every": _NO_PREVIEWS, "sample_width": _NO_PREVIEWS,
+    "sample_height": _NO_PREVIEWS, "sample_steps": _NO_PREVIEWS,
+}  # fmt: skip
+# Keys read together with others, by `translate_official_config`.
+OFFICIAL_COMBINED = ("rank", "adam_beta1", "adam_beta2", "adam_weight_decay", "adam8bit", "lr_scheduler", "lr_warmup_steps", "Slow_LoRA", "Fast_LoRA")
+REFERENCE_ALPHA_PER_RANK = 4  # the reference trains every LoRA at lora_alpha = 4 x rank
+
+
+@dataclass(frozen=True)
+class ConfigNote:
+    """One line of the translation: how one key (or a group read together) was mapped, or why it is not used."""
+
+    text: str
+    targets: tuple[str, ...] = ()  # the glance_lite keys it sets (a command-line flag or --set for one wins)
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A training config file as read: `settings` (TrainConfig keys), and from an official Glance config the run
+    arguments it names (`run`: model, data, output, phase) and one note per key."""
+
+    settings: dict
+    run: dict = field(default_factory=dict)
+    notes: tuple[ConfigNote, ...] = ()
+    source: str | None = None
+    alpha_follows_rank: bool = False  # official config without an alpha: alpha = 4 x rank, whoever sets the rank
+
+    def resolve(self, flags: dict, overrides: dict) -> tuple[dict, dict, list[str]]:
+        """(run arguments, settings, printable notes) with command-line flags and `--set` overrides winning over the
+        file. A `--set rank=R` on an official config keeps the reference's alpha = 4 x R unless alpha is set too."""
+        settings = {**self.settings, **overrides}
+        if self.alpha_follows_rank and isinstance(overrides.get("rank"), int) and "alpha" not in overrides:
+            settings["alpha"] = REFERENCE_ALPHA_PER_RANK * overrides["rank"]
+        run = {**self.run, **{k: v for k, v in flags.items() if v is not None}}
+        given = {k for k, v in flags.items() if v is not None} | set(overrides)
+        lines = [f"{self.source} is an official Glance training config; read as:"] if self.notes else []
+        for note in self.notes:
+            won = [t for t in note.targets if t in given]
+            lines.append(f"  {note.text}" + (f"  [the command line's {', '.join(won)} wins]" if won else ""))
+        return run, settings, lines
+
+
+def translate_official_config(data: dict, source: str = "the config") -> ConfigFile:
+    """An official Glance YAML (nested `data_config` included) as glance_lite settings and run arguments, with one
+    note per key in the file's order. glance_lite keys found in the same file are used as they are."""
+    flat = _flatten(data)
+    settings, run, notes, done = {}, {}, [], set()
+
+    def note(keys, text, **mapped):
+        for target, value in mapped.items():
+            (run if target in RUN_KEYS else settings)[target] = value
+        shown = ", ".join(f"{k}: {_show(flat[k])}" for k in keys)
+        notes.append(ConfigNote(f"{shown} -> {text}", tuple(mapped)))
+        done.update(keys)
+
+    def mapped_text(**mapped):
+        return ", ".join(f"{k}: {_show(v)}" for k, v in mapped.items())
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key, value in flat.items():
+        if key in done:
+            continue
+        if key in OFFICIAL_RENAMES:
+            target = OFFICIAL_RENAMES[key]
+            note([key], mapped_text(**{target: value}), **{target: value})
+        elif key in OFFICIAL_UNUSED:
+            note([key], f"not used: {OFFICIAL_UNUSED[key]}")
+        elif key in OFFICIAL_COMBINED:
+            _translate_combined(key, flat, note, mapped_text)
+        elif key in known:
+            note([key], f"{mapped_text(**{key: value})} (a glance_lite key)", **{key: value})
+        else:
+            note([key], "not used: neither a key of the official Glance configs nor a glance_lite key")
+    return ConfigFile(settings, run, tuple(notes), source, alpha_follows_rank="alpha" not in flat)
+
+
+def _translate_combined(key: str, flat: dict, note, mapped_text) -> None:
+    """The official keys whose meaning depends on another key."""
+    if key == "rank":
+        rank = flat["rank"]
+        if "alpha" in flat or not isinstance(rank, int):  # a glance_lite alpha in the file wins; a bad rank fails later
+            note(["rank"], mapped_text(rank=rank), rank=rank)
+        else:
+            alpha = REFERENCE_ALPHA_PER_RANK * rank
+            why = "the reference trains at alpha = 4 x rank; a --set rank keeps that"
+            note(["rank"], f"{mapped_text(rank=rank, alpha=alpha)} ({why})", rank=rank, alpha=alpha)
+    elif key in ("adam_beta1", "adam_beta2"):
+        betas = (flat.get("adam_beta1", 0.9), flat.get("adam_beta2", 0.999))
+        note([k for k in ("adam_beta1", "adam_beta2") if k in flat], mapped_text(adam_betas=list(betas)), adam_betas=betas)
+    elif key == "adam_weight_decay":
+        if flat.get("adam8bit"):
+            note([key], f"{mapped_text(weight_decay=0)} (the reference's 8-bit Adam, adam8bit: true, ignores adam_weight_decay)", weight_decay=0)
+        else:
+            note([key], mapped_text(weight_decay=flat[key]), weight_decay=flat[key])
+    elif key == "adam8bit":
+        optimizer = "adamw8bit" if flat[key] else "adamw"
+        note([key], mapped_text(optimizer=optimizer), optimizer=optimizer)
+    elif key in ("lr_scheduler", "lr_warmup_steps"):
+        scheduler = flat.get("lr_scheduler")
+        if scheduler == "constant":  # diffusers' get_scheduler("constant") takes no warmup
+            keys = [k for k in ("lr_scheduler", "lr_warmup_steps") if k in flat]
+            note(keys, f"{mapped_text(warmup_steps=0)} (the reference's 'constant' schedule ignores lr_warmup_steps)", warmup_steps=0)
+        elif key == "lr_scheduler" and scheduler != "constant_with_warmup":
+            note([key], "not used: glance_lite's learning rate is constant after a linear warmup")
+        elif key == "lr_scheduler":
+            note([key], "glance_lite's schedule: constant after a linear warmup of warmup_steps")
+        else:
+            note([key], mapped_text(warmup_steps=flat[key]), warmup_steps=flat[key])
+    else:  # Slow_LoRA / Fast_LoRA: which adapter the run trains
+        slow, fast = bool(flat.get("Slow_LoRA")), bool(flat.get("Fast_LoRA"))
+        keys = [k for k in ("Slow_LoRA", "Fast_LoRA") if k in flat]
+        if slow and fast:
+            note(keys, f"{mapped_text(phase='both')} (the reference refuses both; glance_lite trains slow, then fast)", phase="both")
+        elif slow or fast:
+            phase = "slow" if slow else "fast"
+            note(keys, mapped_text(phase=phase), phase=phase)
+        else:
+            note(keys, "not used: neither phase is chosen; --phase decides (default both)")
+
+
+def _flatten(data: dict) -> dict:
+    """`data_config: {img_size: 1024}` -> {'data_config.img_size': 1024}; numbers written as 3e-4 become numbers."""
+    flat = {}
+    for key, value in data.items():
+        if key == "data_config" and isinstance(value, dict):
+            flat.update({f"data_config.{k}": _yaml_number(v) for k, v in value.items()})
+        else:
+            flat[key] = _yaml_number(value)
+    return flat
+
+
+def _show(value) -> str:
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+_OFFICIAL_ONLY_KEYS = {k.split(".")[0] for k in (*OFFICIAL_RENAMES, *OFFICIAL_UNUSED, *OFFICIAL_COMBINED)} - {
+    f.name for f in dataclasses.fields(TrainConfig)
+}

@@ -18,25 +18,45 @@ def glance_home(tmp_path_factory):
     return Path(home)
 
 
-def make_random_lora(model_id: str, path: Path, seed: int, rank: int = 4, alpha: float | None = None, std: float = 0.05) -> Path:
-    """A LoRA file for `model_id`'s transformer with random A and B (a default-initialized LoRA is a no-op)."""
+def transformer_with_random_lora(model_id: str, seed: int, rank: int, alpha: float, std: float):
+    """(model source, its transformer with a LoRA named 'random' whose A and B are random: a default-initialized
+    LoRA is a no-op)."""
     from peft import LoraConfig
 
-    from glance_lite.lora import save_lora
     from glance_lite.models import component_class, resolve_model
 
     source = resolve_model(model_id)
     transformer = component_class(source, "transformer").from_pretrained(source.location, subfolder="transformer")
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha or 4 * rank, target_modules=list(source.family.lora_target_modules), init_lora_weights=False
-    )
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(source.family.lora_target_modules), init_lora_weights=False)
     transformer.add_adapter(config, adapter_name="random")
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in transformer.named_parameters():
             if "lora_" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * std)
+    return source, transformer
+
+
+def make_random_lora(model_id: str, path: Path, seed: int, rank: int = 4, alpha: float | None = None, std: float = 0.05) -> Path:
+    """A LoRA file for `model_id`'s transformer with random A and B, written by glance_lite (`save_lora`)."""
+    from glance_lite.lora import save_lora
+
+    source, transformer = transformer_with_random_lora(model_id, seed, rank, alpha or 4 * rank, std)
     return save_lora(transformer, source.family, "random", path)
+
+
+def make_official_lora(model_id: str, path: Path, seed: int, rank: int = 4, std: float = 0.05) -> Path:
+    """A random LoRA saved as the official Glance trainer saves its files (reference notes §5):
+    `<Pipeline>.save_lora_weights(convert_state_dict_to_diffusers(get_peft_model_state_dict(...)))`, which gives
+    `transformer.` keys, `lora.down`/`lora.up` for to_q/to_k/to_v/to_out.0 and `lora_A`/`lora_B` for the rest, and
+    neither alpha nor metadata. It was trained at alpha = 4 rank."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    source, transformer = transformer_with_random_lora(model_id, seed, rank, 4 * rank, std)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(transformer, adapter_name="random"))
+    source.family.pipeline_class.save_lora_weights(path.parent, layers, weight_name=path.name, safe_serialization=True)
+    return path
 
 
 @pytest.fixture(scope="session")

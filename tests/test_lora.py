@@ -2,12 +2,11 @@
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
-from glance_lite.lora import LoraMismatchError, LoraSource, load_lora, read_lora_file, save_lora
+from glance_lite.lora import LoraMismatchError, LoraSource, layer_alphas, load_lora, read_lora_file, save_lora
 from glance_lite.models import component_class, resolve_model
 
-from conftest import make_random_lora
+from conftest import make_official_lora, make_random_lora
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -17,24 +16,14 @@ def fresh_transformer(model_id="tiny/qwen-image"):
     return source.family, component_class(source, "transformer").from_pretrained(source.location, subfolder="transformer")
 
 
-def write_official_layout(trained_file, out_file):
-    """Lay a file out as the official Glance files are: attention keys as lora.down/up, others lora_A/B, no alpha."""
-    tensors, _ = read_lora_file(trained_file)
-    official = {}
-    for key, value in tensors.items():
-        if any(f".attn.{name}.lora_" in key for name in ATTENTION):
-            key = key.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up.")
-        official[key] = value
-    save_file(official, str(out_file), metadata={"format": "pt"})
-    assert next(iter(read_lora_file(out_file)[0])).endswith("add_k_proj.lora_A.weight")  # what diffusers looks at
-    return out_file
-
-
 @pytest.fixture(scope="module")
 def official_file(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("official")
-    trained = make_random_lora("tiny/qwen-image", folder / "trained.safetensors", seed=3, rank=4, alpha=16)
-    return write_official_layout(trained, folder / "glance_qwen_slow.safetensors")
+    path = make_official_lora("tiny/qwen-image", tmp_path_factory.mktemp("official") / "glance_qwen_slow.safetensors", seed=3)
+    tensors, metadata = read_lora_file(path)
+    assert metadata is None and not any(k.endswith(".alpha") for k in tensors)
+    assert next(iter(tensors)).endswith("add_k_proj.lora_A.weight")  # the first key, the one diffusers looks at
+    assert {k.split(".attn.")[1].split(".lora.")[0] for k in tensors if ".lora.down." in k} == set(ATTENTION)
+    return path
 
 
 def test_diffusers_compat_drops_attention_keys_and_loads_at_scale_one_as_diffusers_does(official_file):
@@ -74,10 +63,10 @@ def test_files_written_by_glance_lite_round_trip_exactly_with_their_alpha(tmp_pa
     report = load_lora(transformer, family, LoraSource(str(path)), "slow", compat="trained")
     assert report.rank == 4 and report.alpha == 16 and report.dropped == []
     again = save_lora(transformer, family, "slow", tmp_path / "b.safetensors")
-    first, second = read_lora_file(path), read_lora_file(again)
-    assert first[1]["lora_alpha"] == second[1]["lora_alpha"] == 16
-    assert first[0].keys() == second[0].keys()
-    assert all(torch.equal(first[0][k], second[0][k]) for k in first[0])
+    first, second = read_lora_file(path)[0], read_lora_file(again)[0]
+    assert set(layer_alphas(first).values()) == set(layer_alphas(second).values()) == {16.0}
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
 
 
 def test_a_flux_lora_is_refused_on_qwen_image_naming_its_origin(tmp_path):

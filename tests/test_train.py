@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 import glance_lite
 from glance_lite.checkpoint import latest_checkpoint, list_checkpoints, write_checkpoint
 from glance_lite.data import DatasetError
-from glance_lite.lora import read_lora_file
+from glance_lite.lora import layer_alphas, read_lora_file
 from glance_lite.models import resolve_model
 from glance_lite.schedule import PhaseSplit
 from glance_lite.train import KILL_ENV, TrainConfig, main, read_loss_csv, train
@@ -109,9 +109,12 @@ def test_training_lowers_the_loss_and_pulls_glance_samples_toward_the_training_i
 def test_a_trained_adapter_gives_identical_samples_in_glance_lite_and_in_plain_diffusers(trained, phase, monkeypatch):
     model, data, result = trained
     path = result.adapters[phase]
-    _, metadata = read_lora_file(path)
+    tensors, metadata = read_lora_file(path)
     family = resolve_model(model).family
-    assert (metadata["r"], metadata["lora_alpha"]) == (family.recipe.rank, family.recipe.alpha)  # trained scale survives
+    # The trained scale travels with every layer: lora_A, lora_B and an `.alpha` key, under the family's key prefix.
+    assert metadata is None and all(k.startswith(family.lora_key_prefix) for k in tensors)
+    assert list(layer_alphas(tensors).values()) == [family.recipe.alpha] * (len(tensors) // 3)
+    assert {t.shape[0] for k, t in tensors.items() if k.endswith(".lora_A.weight")} == {family.recipe.rank}
 
     steps = 3
     only_this_phase = {"slow": PhaseSplit(tuple(range(steps)), (), steps), "fast": PhaseSplit((), tuple(range(steps)), steps)}[phase]

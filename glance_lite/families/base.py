@@ -73,6 +73,11 @@ class ModelFamily:
     vision_tokens: ClassVar[int] = 0
     # Batched CFG pads the prompt and the negative prompt to one length and masks the padding in attention.
     masks_batched_prompts: ClassVar[bool] = False
+    # Key prefix of the LoRA files glance_lite writes: one that plain diffusers and ComfyUI both read together with
+    # per-layer `.alpha` keys for this family (lora.py, README "LoRA files").
+    lora_key_prefix: ClassVar[str] = "transformer."
+    # Prefixes ComfyUI maps to this family's model for diffusers-named LoRA keys (comfy/lora.py, model_lora_keys_unet).
+    comfyui_lora_prefixes: ClassVar[tuple[str, ...]] = ("transformer.",)
 
     # ---- loading -------------------------------------------------------------------------------
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_random_lora, profile_variant
+from conftest import make_official_lora, profile_variant
 from glance_lite.profiles import list_profiles
 
 QWEN = "realwidth/qwen-image"
@@ -77,14 +77,11 @@ def test_each_gpu_profile_generates_on_the_cpu_close_to_the_unquantized_picture(
 def test_rank_32_official_layout_loras_report_what_each_compat_mode_applies(qwen_real_width, tmp_path):
     """The official files' mixed layout at the recipe's rank on the real widths: diffusers' loading drops the four
     attention projections of every block, the trained mode applies all 12 targets of both blocks."""
-    from test_lora import write_official_layout
-
     from glance_lite.lora import LoraSource, load_lora
     from glance_lite.models import component_class, resolve_model
 
     source = resolve_model(QWEN)
-    trained = make_random_lora(QWEN, tmp_path / "trained.safetensors", seed=5, rank=32, alpha=128, std=0.01)
-    official = write_official_layout(trained, tmp_path / "glance_qwen_slow.safetensors")
+    official = make_official_lora(QWEN, tmp_path / "glance_qwen_slow.safetensors", seed=5, rank=32, std=0.01)
     reports = {}
     for compat in ("diffusers", "trained"):
         transformer = component_class(source, "transformer").from_pretrained(source.location, subfolder="transformer")

@@ -2,7 +2,7 @@
 picture (the demo's one-sample dataset). benchmarks/eval_pocket.py measures the pair on unseen prompts,
 benchmarks/eval_pocket_own_caption.py on its own caption (results/pocket-own-caption.md).
 
-Measured finding, kept as a strict xfail below: on this base the LoRAs do NOT move the caption's 10-step output
+Measured finding (a table, not a test: benchmarks/results/pocket-own-caption.md): on this base the LoRAs do NOT move the caption's 10-step output
 toward the base model's 50-step output from the same noise; they move it away (PSNR to base-50, seeds 0-2, CFG 5:
 21.7 -> 19.7 dB with this recipe). The slow LoRA does the pulling (18.3 dB alone at seed 0; the fast LoRA alone
 20.0). Training on the base model's own 50-step picture instead of the render (a distillation sample), or with the
@@ -57,7 +57,6 @@ def pocket_glance(tmp_path_factory):
     glance = glance_lite.load(MODEL, trained.adapters["slow"], trained.adapters["fast"], profile="cpu", height=64, width=64)
     return {
         "trained": trained,
-        "base50": _pixels(plain, caption, base_steps=50),
         "before": _pixels(plain, caption),  # the Glance 5+5 schedule without LoRAs
         "after": _pixels(glance, caption),
     }
@@ -76,11 +75,3 @@ def test_a_few_steps_train_the_slow_lora_and_the_pair_changes_the_10_step_output
     assert slow.eval_loss_after < 0.9 * slow.eval_loss_before, (slow.eval_loss_before, slow.eval_loss_after)
     change = float(((pocket_glance["after"] - pocket_glance["before"]) ** 2).mean())
     assert change > 1e-3, change  # the adapters are live at sampling time, not a no-op
-
-
-@pytest.mark.xfail(strict=True, reason="measured (results/pocket-own-caption.md): one-picture LoRAs pull the pocket model's 10-step output AWAY from base-50")
-def test_the_pair_moves_the_10_step_output_toward_base_50(pocket_glance):
-    base50 = pocket_glance["base50"]
-    before = float(((pocket_glance["before"] - base50) ** 2).mean())
-    after = float(((pocket_glance["after"] - base50) ** 2).mean())
-    assert after < before, (before, after)

@@ -36,6 +36,8 @@ CONFIGS = REPO / "glance_lite" / "configs"
 if str(REPO) not in sys.path:  # `python benchmarks/bench_x.py` from a source checkout
     sys.path.insert(0, str(REPO))
 
+from glance_lite import cli  # noqa: E402
+from glance_lite.errors import SetupError  # noqa: E402
 from glance_lite.manager import ComponentManager  # noqa: E402
 from glance_lite.models import ModelSource  # noqa: E402
 
@@ -117,10 +119,10 @@ def set_vram_cap(gb: float | None, device: torch.device) -> None:
     if gb is None:
         return
     if device.type != "cuda":
-        raise SystemExit("error: --vram-cap emulates a smaller GPU and needs a CUDA profile; this run is on the CPU.")
+        raise cli.UsageError("--vram-cap emulates a smaller GPU and needs a CUDA profile; this run is on the CPU.")
     total = torch.cuda.get_device_properties(device).total_memory
     if gb * GiB > total:
-        raise SystemExit(f"error: --vram-cap {gb:g} GB is more than this card has ({total / GiB:.1f} GiB).")
+        raise cli.UsageError(f"--vram-cap {gb:g} GB is more than this card has ({total / GiB:.1f} GiB).")
     torch.cuda.set_per_process_memory_fraction(gb * GiB / total, device)
 
 
@@ -515,7 +517,7 @@ def check_random_build_fits(arch: Arch, profile, vram_cap_gb: float | None = Non
     dtype = getattr(torch, policy.dtype)
     device = device_for(profile)
     if device.type == "cuda" and dtype == torch.float32 and arch.full_size and policy.quantization == "none":
-        raise SystemExit("error: refusing to build a full-size transformer in float32 on the GPU; use a bf16/fp16 profile.")
+        raise cli.UsageError("refusing to build a full-size transformer in float32 on the GPU; use a bf16/fp16 profile.")
     needed = weight_bytes(meta_module(arch, "transformer"), dtype, policy.quantization)
     on_gpu = device.type == "cuda" and policy.placement in ("resident", "evict_after_use")
     if on_gpu:
@@ -524,8 +526,8 @@ def check_random_build_fits(arch: Arch, profile, vram_cap_gb: float | None = Non
     else:
         where, available = "system RAM available", psutil.virtual_memory().available
     if needed > available:
-        raise SystemExit(
-            f"error: the {arch.name} transformer takes {needed / GiB:.1f} GiB in {policy.dtype}/{policy.quantization} "
+        raise SetupError(
+            f"the {arch.name} transformer takes {needed / GiB:.1f} GiB in {policy.dtype}/{policy.quantization} "
             f"under profile {profile.name}, more than the {available / GiB:.1f} GiB {where}. "
             "Use a GPU profile, --num-layers to build fewer blocks, or a tiny-* arch."
         )
@@ -560,16 +562,11 @@ def write_random_lora(transformer, family, path: Path, *, rank: int, alpha: floa
 
 
 def run_command_line(main) -> int:
-    """The scripts' entry point: a user's mistake (unknown profile or model, bad profile YAML, missing file, a plan
-    that does not fit) is one `error:` line and exit status 2, not a traceback; an OOM says what to try."""
-    from glance_lite.manager import StageOutOfMemoryError
-
-    try:
-        main()
-    except (ValueError, FileNotFoundError, StageOutOfMemoryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    """The scripts' entry point, behind glance_lite's command-line boundary (`glance_lite.cli`): a user's mistake
+    (unknown profile or model, bad profile YAML, missing file, a plan that does not fit, an OOM that says what to
+    try) is one `error:` line and exit status 2, not a traceback; a bug keeps its traceback. `main()`'s int result is
+    the exit status (a report dict counts as 0)."""
+    return cli.run(main, own_code=(Path(__file__).resolve().parent,))
 
 
 def keeping_torch_state(run, argv):

@@ -50,7 +50,7 @@ POCKET_SIZE = 64  # the pocket world's images
 
 # ==== command line =================================================================================================
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python {SCRIPT}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = C.cli.ArgumentParser(prog=f"python {SCRIPT}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_argument_group("what to measure")
     what.add_argument("--model", default="tiny/qwen-image", help="hub id, local pipeline folder or tiny/* (default: tiny/qwen-image)")
     what.add_argument("--random-weights", action="store_true",

@@ -34,7 +34,7 @@ CAPTION = "a red circle on a blue background"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python {SCRIPT}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = C.cli.ArgumentParser(prog=f"python {SCRIPT}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny/qwen-image", help="hub id, local pipeline folder or tiny/* (default: tiny/qwen-image)")
     p.add_argument("--profile", action="append", help="profile name or YAML (repeat or comma-separate; default: auto)")
     p.add_argument("--phase", choices=("slow", "fast"), default="slow", help="which adapter to train (default: slow)")
@@ -55,10 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse_sets(items: list[str]) -> dict:
     from glance_lite.train import parse_set_options
 
-    try:
-        return parse_set_options(items)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    return parse_set_options(items)
 
 
 def write_dataset(folder: Path, size: int) -> Path:
@@ -176,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _main(argv: list[str] | None) -> dict:
     args = build_parser().parse_args(argv)
     if args.steps < 1 or args.warmup_steps < 0 or args.warmup_steps >= args.steps:
-        raise SystemExit("error: --steps must be >= 1 and --warmup-steps in [0, steps)")
+        raise C.cli.UsageError("--steps must be >= 1 and --warmup-steps in [0, steps)")
     tiny = args.model.startswith(("tiny/", "pocket/"))  # the embedded CPU-sized models
     args.resolution = args.resolution or (TINY_RESOLUTION if tiny else 1024)
     say = (lambda *_: None) if args.quiet else (lambda text: print(text, flush=True))

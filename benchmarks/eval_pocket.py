@@ -241,7 +241,9 @@ def write_markdown(info: dict, path: Path) -> Path:
 
 def evaluation_parser(description: str, stem: str) -> argparse.ArgumentParser:
     """The options every pocket evaluation script takes."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from glance_lite import cli
+
+    p = cli.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--stem", default=stem)
     p.add_argument("--work", type=Path, default=None, help="where the one-sample data and LoRAs go (default: a temporary folder)")
@@ -274,4 +276,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from glance_lite import cli
+
+    sys.exit(cli.run(main, own_code=(Path(__file__).resolve().parent,)))

@@ -177,4 +177,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from glance_lite import cli
+
+    sys.exit(cli.run(main, own_code=(Path(__file__).resolve().parent,)))

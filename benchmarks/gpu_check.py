@@ -47,7 +47,7 @@ GiB = C.GiB
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=f"python {SCRIPT}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = C.cli.ArgumentParser(prog=f"python {SCRIPT}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", action="append", help=f"profiles to check (default: {', '.join(GPU_PROFILES)})")
     p.add_argument("--train-profile", action="append", help=f"profiles for the training step (default: {', '.join(TRAIN_PROFILES)})")
     p.add_argument("--size", type=int, default=1024, help="image height and width (default 1024)")

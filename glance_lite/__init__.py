@@ -6,8 +6,12 @@ memory planning) start without importing diffusers.
 
 from __future__ import annotations
 
+from .quiet import install_noise_filters as _install_noise_filters
+
 __version__ = "0.1.0"
 __all__ = ["generate", "load", "plan", "train"]
+
+_install_noise_filters()  # the libraries' start-up lines that are not the user's business (see glance_lite.quiet)
 
 
 def _make_callable(module_name: str, function) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import torch
 
+from .checks import SIZE_MULTIPLE, check_prompts, check_size
 from .lora import LoraCompat, LoraReport, LoraSource, check_lora_fits, load_lora, read_lora_file
-from .manager import ComponentManager
+from .manager import ComponentManager, check_devices_exist
 from .memory import StageRecord
 from .models import ModelSource, meta_component, resolve_model
 from .sampler import sample
@@ -28,7 +29,6 @@ from .schedule import SCHEDULE_MODES, PhasePlan, PhaseSplit, base_plan, glance_p
 logger = logging.getLogger("glance_lite")
 DEFAULT_MODEL = "tiny/qwen-image"
 OUTPUT_TYPES = ("pil", "np", "latent")
-SIZE_MULTIPLE = 16
 
 
 @dataclass
@@ -58,30 +58,7 @@ class GenerationResult:
         }
 
 
-# ---- input validation (cheap, before any weights) -----------------------------------------------
-def _prompts(prompt: str | Sequence[str]) -> list[str]:
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts:
-        raise ValueError("No prompt given: pass a non-empty string or a non-empty list of strings.")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str) or not p.strip():
-            where = "The prompt" if len(prompts) == 1 else f"Prompt #{i}"
-            raise ValueError(f"{where} is empty: describe the image you want, e.g. 'a red cube on a table'.")
-    return prompts
-
-
-def check_size(height: int, width: int, multiple: int = SIZE_MULTIPLE) -> None:
-    for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer number of pixels, got {value!r}.")
-        if value % multiple:
-            lower, upper = value // multiple * multiple, (value // multiple + 1) * multiple
-            raise ValueError(
-                f"{name}={value} is not a multiple of {multiple}: the model packs 2x2 latent patches. "
-                f"Use {lower or upper} or {upper}."
-            )
-
-
+# ---- input validation (cheap, before any weights; prompts and size: glance_lite.checks) ------------------------
 def _condition_image(image):
     from PIL import Image
 
@@ -174,7 +151,7 @@ class Glance:
         `mode` is "consistent" (the latent follows the schedule, lands on the clean image) or "reference"
         (reproduces the official Glance sampler). `image` is the input image for Qwen-Image-Edit models.
         """
-        prompts = _prompts(prompt)
+        prompts = check_prompts(prompt)
         check_size(height, width, max(SIZE_MULTIPLE, self.family.vae_scale_factor(self.manager.pipe) * 2))
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
@@ -269,12 +246,13 @@ def load(
     if device not in (None, "cpu"):
         raise ValueError(f"device must be 'cpu' (run the profile's choices on the CPU) or left out, got {device!r}.")
     rank = int(os.environ.get("LOCAL_RANK", 0)) if rank is None else rank
+    check_devices_exist(resolved_profile, family, device, rank)
     return Glance(source, resolved_profile, loras, lora_compat, split, device=device, rank=rank)
 
 
 def generate(prompt: str | Sequence[str], model: str = DEFAULT_MODEL, slow_lora=None, fast_lora=None, *, profile="auto", lora_compat: LoraCompat = "trained", **generate_kwargs) -> GenerationResult:
     """One-shot: `load(...)` then `.generate(prompt, ...)`. Use `load()` directly to generate many times."""
-    _prompts(prompt)
+    check_prompts(prompt)
     check_size(generate_kwargs.get("height", 1024), generate_kwargs.get("width", 1024))
     load_kwargs = {k: generate_kwargs.pop(k) for k in ("slow_weight_name", "fast_weight_name", "use_official_loras", "split", "condition_area", "device", "rank") if k in generate_kwargs}
     glance = load(

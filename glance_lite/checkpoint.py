@@ -14,6 +14,12 @@ Atomicity: a checkpoint is written into a hidden temporary folder, each file fsy
 to its final name (rename is atomic on POSIX) and the parent folder fsync'ed. A reader therefore sees a complete
 checkpoint or none; a crash mid-write leaves only a temporary folder, which the next run deletes. Rotation deletes
 the oldest complete checkpoints only after the new one exists.
+
+What the atomic write cannot prevent -- a disk that lost data, a file cut short by a copy, a folder of another tool
+named step-NNNNNN -- is found before a run resumes (`check_checkpoint`): such a checkpoint is skipped for the
+newest one that reads (`newest_readable_checkpoint`) and renamed to `step-NNNNNN.unreadable` (`set_aside`), kept
+for inspection and never read or rotated again. A checkpoint of a different run is not skipped: resuming it
+needs the user's decision (`CheckpointMismatchError`).
 """
 
 from __future__ import annotations
@@ -29,15 +35,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import UserError
+
 STEP_PREFIX = "step-"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TEMP_PREFIX = ".tmp-"
 ADAPTER_FILE = "adapter.safetensors"
 STATE_FILE = "trainer_state.pt"
+UNREADABLE_SUFFIX = ".unreadable"
+# What every trainer state holds (see `save_training_checkpoint`).
+STATE_KEYS = ("step", "run_digest", "optimizer", "lr_scheduler", "rng", "sampler")
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(UserError, RuntimeError):
     """The output folder holds checkpoints of a different run (other config, data or model)."""
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """A checkpoint folder whose files cannot be read as a glance_lite training checkpoint (cut short, or foreign)."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +69,64 @@ class Checkpoint:
     def read_state(self) -> dict[str, Any]:
         """The trainer state; `weights_only` loading, so a checkpoint cannot run code when read."""
         return torch.load(self.path / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of a library's error, e.g. 'PytorchStreamReader failed reading zip archive: failed finding
+    central directory' (the rest is advice for the library's developers)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return text[:160] or type(exc).__name__
+
+
+def check_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
+    """Check that both files of a checkpoint are what the trainer wrote, without reading their tensors into memory
+    (the trainer state memory-mapped, the adapter's header against its size: both fail on a file cut short), and
+    return the (memory-mapped) trainer state. `UnreadableCheckpointError` names the file and says why not."""
+    from safetensors import safe_open
+
+    state_path = checkpoint.path / STATE_FILE
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch.load raises many types for a cut-short or foreign file
+        raise UnreadableCheckpointError(f"{state_path} cannot be read ({_reason(exc)})") from None
+    missing = [k for k in STATE_KEYS if k not in state] if isinstance(state, dict) else list(STATE_KEYS)
+    if missing:
+        raise UnreadableCheckpointError(f"{state_path} is not a glance_lite trainer state (it has no {', '.join(missing)})")
+    if state["step"] != checkpoint.step:
+        raise UnreadableCheckpointError(f"{state_path} holds step {state['step']}, not the step {checkpoint.step} its folder names")
+    try:
+        with safe_open(str(checkpoint.adapter_path), framework="pt") as f:
+            keys = list(f.keys())
+    except Exception as exc:  # safetensors' header and truncation errors come in several types
+        raise UnreadableCheckpointError(f"{checkpoint.adapter_path} cannot be read ({_reason(exc)})") from None
+    if not any(".lora_" in key for key in keys):
+        raise UnreadableCheckpointError(f"{checkpoint.adapter_path} holds no LoRA weights")
+    return state
+
+
+def newest_readable_checkpoint(folder: Path) -> tuple[Checkpoint | None, dict | None, list[tuple[Checkpoint, str]]]:
+    """The newest checkpoint that passes `check_checkpoint` and its (memory-mapped) state, or None, None; and every
+    newer one that did not, with why."""
+    unreadable = []
+    for checkpoint in reversed(list_checkpoints(folder)):
+        try:
+            return checkpoint, check_checkpoint(checkpoint), unreadable
+        except UnreadableCheckpointError as exc:
+            unreadable.append((checkpoint, str(exc)))
+    return None, None, unreadable
+
+
+def set_aside(checkpoint: Checkpoint) -> Path:
+    """Rename an unreadable checkpoint to `step-NNNNNN.unreadable` (kept, with every file, for inspection): it is no
+    longer listed, resumed from, rotated away, or replaced by the step a resumed run writes again."""
+    target = checkpoint.path.with_name(checkpoint.path.name + UNREADABLE_SUFFIX)
+    n = 1
+    while target.exists():
+        n += 1
+        target = checkpoint.path.with_name(f"{checkpoint.path.name}{UNREADABLE_SUFFIX}-{n}")
+    os.rename(checkpoint.path, target)
+    return target
 
 
 # ---- folders ---------------------------------------------------------------------------------------------------

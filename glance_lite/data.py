@@ -35,12 +35,15 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Sequence
 
-import numpy as np
-import torch
 from PIL import Image, ImageOps
-from safetensors.torch import load_file, save_file
+
+from . import cli
+from .errors import UserError
+
+if TYPE_CHECKING:  # torch, numpy and safetensors are imported where tensors are made: validation needs only PIL
+    import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 CAPTION_EXTENSION = ".txt"
@@ -64,7 +67,7 @@ class Sample:
     control_path: Path | None = None
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A dataset cannot be used; ``problems`` lists every problem found, one line each."""
 
     def __init__(self, root: Path | str, problems: Sequence[str]):
@@ -278,6 +281,24 @@ def _image_problems(path: Path, min_size: int) -> list[str]:
     return []
 
 
+class ImageFileError(UserError, ValueError):
+    """An image the user named (an edit model's input image) that cannot be read."""
+
+
+def check_image_file(path: Path | str, what: str = "the input image") -> tuple[int, int]:
+    """(width, height) of an image the user named, decoded fully; `ImageFileError` in one line if it is missing, a
+    folder, or not a readable image."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise ImageFileError(f"{what} {path} is a folder; give the image file itself.")
+    if not path.exists():
+        raise ImageFileError(f"{what} {path} does not exist; check the path.")
+    try:
+        return read_image_size(path)
+    except _UNREADABLE_IMAGE_ERRORS as error:
+        raise ImageFileError(f"{what} {path} is not a readable image, or is truncated ({error}); pass a PNG, JPEG or WEBP file.") from None
+
+
 def read_image_size(path: Path | str) -> tuple[int, int]:
     """(width, height) after EXIF rotation. Decodes the whole file, so truncated images raise."""
     with Image.open(path) as img:
@@ -336,6 +357,9 @@ def training_resolution(image_size: tuple[int, int], long_side: int, multiple: i
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
     """[3, H, W] float32 in [-1, 1], the range diffusers VAEs expect."""
+    import numpy as np
+    import torch
+
     array = np.array(img.convert("RGB"), dtype=np.uint8)  # copy: PIL buffers are read-only
     return torch.from_numpy(array).permute(2, 0, 1).float().div_(127.5).sub_(1.0)
 
@@ -432,7 +456,23 @@ class EmbeddingCache:
         return tensors
 
 
+def load_file(path) -> dict[str, torch.Tensor]:
+    """safetensors' `load_file`, imported on first use (it imports torch; validating a dataset does not need it)."""
+    from safetensors.torch import load_file as load
+
+    return load(path)
+
+
+def save_file(tensors: dict[str, torch.Tensor], filename, metadata: dict | None = None) -> None:
+    """safetensors' `save_file`, imported on first use."""
+    from safetensors.torch import save_file as save
+
+    save(tensors, filename, metadata=metadata)
+
+
 def _cpu_copies(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    import torch
+
     if not isinstance(tensors, dict) or not tensors:
         raise TypeError("cache entries must be a non-empty dict of name -> torch.Tensor")
     bad = [name for name, value in tensors.items() if not isinstance(name, str) or not isinstance(value, torch.Tensor)]
@@ -465,7 +505,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m glance_lite.data", description="Glance training data tools.")
+    parser = cli.ArgumentParser(prog="python -m glance_lite.data", description="Glance training data tools.")
     commands = parser.add_subparsers(dest="command", required=True)
     validate = commands.add_parser(
         "validate", help="check a dataset folder and list every problem", description=validate_dataset.__doc__
@@ -479,6 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli.command
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return args.run(args)

@@ -27,8 +27,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
 from PIL import Image, ImageDraw, ImageFont
+
+from . import cli
+from .checks import OutputPathError, check_writable_folder
+
+if TYPE_CHECKING:  # imported where tensors are made: --help and a refused --out answer before torch loads
+    import torch
 
 DEMO_MODEL = "pocket/qwen-image"
 ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
@@ -76,12 +83,16 @@ class LatentPreview:
     panel stretched to its own 2nd..98th percentiles (generated latents carry leftover noise the target lacks)."""
 
     def __init__(self, reference: torch.Tensor):
+        import torch
+
         pixels = reference.flatten(1).T  # [H*W, C]
         self.mean = pixels.mean(0)
         _, _, v = torch.linalg.svd(pixels - self.mean, full_matrices=False)
         self.axes = v[:3].T  # [C, 3]
 
     def image(self, latent: torch.Tensor, size: int) -> Image.Image:
+        import torch
+
         c, h, w = latent.shape
         projected = (latent.flatten(1).T - self.mean) @ self.axes
         low, high = torch.quantile(projected, 0.02, dim=0), torch.quantile(projected, 0.98, dim=0)
@@ -211,6 +222,7 @@ def _report(trained, runs, seconds, distances, calls, base_steps, quick, fidelit
     import platform
 
     import psutil
+    import torch
 
     slow, fast = trained.phases["slow"], trained.phases["fast"]
     g, b = runs["glance"], runs["base"]
@@ -292,7 +304,7 @@ def _report(trained, runs, seconds, distances, calls, base_steps, quick, fidelit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m glance_lite.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m glance_lite.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("glance_demo"), help="output folder (default: glance_demo/)")
     p.add_argument("--profile", default="cpu", help="hardware profile (default: cpu)")
     p.add_argument("--quick", action="store_true", help=f"a few training steps and a {QUICK_BASE_STEPS}-step base run: checks every stage, shows nothing")
@@ -300,8 +312,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What a demo run writes into its folder; a folder holding anything else is the user's, and is not written into.
+DEMO_OUTPUTS = ("data", "train", "side_by_side.png", "training_latent_decoded.png", "report.md")
+
+
+def check_demo_folder(out: Path) -> None:
+    """Refuse a folder the demo cannot write, or one holding files that are not a previous demo run's."""
+    if out.exists() and not out.is_dir():
+        raise OutputPathError(f"--out {out} is a file; give a new folder (or a previous demo's) for the demo's files.")
+    check_writable_folder(out, "--out")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in DEMO_OUTPUTS) if out.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputPathError(
+            f"--out {out} holds files the demo did not write ({shown}); give a new folder (or a previous demo's): "
+            f"the demo writes {', '.join(DEMO_OUTPUTS)} there."
+        )
+
+
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .quiet import set_progress
+
+    set_progress(not args.no_progress)
+    check_demo_folder(args.out)
+    if args.profile != "auto":
+        from .profiles import load_profile
+
+        load_profile(args.profile)
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the pocket model's small tensors gain nothing from intra-op threads on a shared CPU
     try:

@@ -17,11 +17,11 @@ import os
 import sys
 from pathlib import Path
 
-from . import _make_callable
+from . import _make_callable, cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m glance_lite.generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m glance_lite.generate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny/qwen-image", help="hub id, local pipeline folder, or tiny/qwen-image | tiny/flux | tiny/qwen-image-edit")
     p.add_argument("--prompt", action="append", help="prompt (repeat for several)")
     p.add_argument("--prompts-file", type=Path, help="text file, one prompt per line")
@@ -46,29 +46,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-steps", type=int, help="run the plain base model for N steps instead of Glance")
     p.add_argument("--out", type=Path, help="output PNG (single prompt)")
     p.add_argument("--out-dir", type=Path, help="output folder (several prompts)")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist already (refused otherwise)")
     p.add_argument("--json", action="store_true", help="print timesteps, per-stage wall time, memory and LoRA reports as JSON")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def _prompts(args) -> list[str]:
+    from .checks import check_prompts, read_prompts_file
+
     prompts = list(args.prompt or [])
     if args.prompts_file:
-        if not args.prompts_file.is_file():
-            raise SystemExit(f"error: --prompts-file {args.prompts_file} does not exist.")
-        prompts += [line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()]
+        prompts += read_prompts_file(args.prompts_file)
     if not prompts:
-        raise SystemExit("error: give a prompt with --prompt TEXT (or --prompts-file FILE).")
-    return prompts
+        raise cli.UsageError("give a prompt with --prompt TEXT (or --prompts-file FILE).")
+    return check_prompts(prompts)
 
 
 def _outputs(args, n: int) -> list[Path]:
-    if args.out and n == 1:
-        return [args.out]
+    """The image files this run writes, checked before any model loads (see glance_lite.checks)."""
+    from .checks import check_output_file, check_output_files
+
     if args.out and n > 1:
-        raise SystemExit(f"error: {n} prompts need --out-dir DIR (one PNG each), not --out.")
+        raise cli.UsageError(f"{n} prompts need --out-dir DIR (one PNG each), not --out.")
+    if args.out:
+        return [check_output_file(args.out, "--out", args.overwrite)]
     folder = args.out_dir or Path(".")
-    return [folder / f"{i:03d}.png" for i in range(n)]
+    if folder.exists() and not folder.is_dir():
+        raise cli.UsageError(f"--out-dir {folder} is a file; give a folder (it is created if missing).")
+    return check_output_files([folder / f"{i:03d}.png" for i in range(n)], "--out-dir", args.overwrite)
+
+
+def _check_before_loading(args):
+    """What can be refused without a model (size, phase split, LoRA files, profile, input image); the split."""
+    from .checks import check_size
+    from .lora import LoraSource, check_lora_file_header
+    from .schedule import PhaseSplit
+
+    check_size(args.height, args.width)
+    split = PhaseSplit.parse(args.slow_steps, args.fast_steps) if (args.slow_steps or args.fast_steps) else None
+    for lora, weight_name in ((args.slow_lora, args.slow_weight_name), (args.fast_lora, args.fast_weight_name)):
+        if lora is not None:
+            check_lora_file_header(LoraSource(lora, weight_name).resolve())
+    if args.profile != "auto":
+        from .profiles import load_profile
+
+        load_profile(args.profile)
+    if args.image is not None:
+        from .data import check_image_file
+
+        check_image_file(args.image, "--image")
+    return split
 
 
 def _process_share(items: list) -> list[tuple[int, object]]:
@@ -87,42 +115,41 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _log_to_stderr()
-    from .api import check_size, load
-    from .schedule import PhaseSplit
+    from .quiet import set_progress
 
+    set_progress(not args.no_progress)
+    _log_to_stderr()
     prompts = _prompts(args)
+    split = _check_before_loading(args)
     outputs = _outputs(args, len(prompts))
-    try:
-        check_size(args.height, args.width)
-        split = PhaseSplit.parse(args.slow_steps, args.fast_steps) if (args.slow_steps or args.fast_steps) else None
-        glance = load(
-            args.model, args.slow_lora, args.fast_lora,
-            slow_weight_name=args.slow_weight_name, fast_weight_name=args.fast_weight_name,
-            profile=args.profile, lora_compat=args.lora_compat, use_official_loras=not args.no_official_loras,
-            split=split, height=args.height, width=args.width, device=args.device,
+
+    from .api import load
+
+    glance = load(
+        args.model, args.slow_lora, args.fast_lora,
+        slow_weight_name=args.slow_weight_name, fast_weight_name=args.fast_weight_name,
+        profile=args.profile, lora_compat=args.lora_compat, use_official_loras=not args.no_official_loras,
+        split=split, height=args.height, width=args.width, device=args.device,
+    )  # fmt: skip
+    mine = _process_share(list(zip(prompts, outputs)))
+    reports = []
+    for index, (prompt, out) in mine:
+        result = glance.generate(
+            prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
+            seed=args.seed + index, true_cfg_scale=args.true_cfg_scale, mode=args.mode,
+            base_steps=args.base_steps, image=args.image, progress=not args.no_progress,
         )  # fmt: skip
-        mine = _process_share(list(zip(prompts, outputs)))
-        reports = []
-        for index, (prompt, out) in mine:
-            result = glance.generate(
-                prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
-                seed=args.seed + index, true_cfg_scale=args.true_cfg_scale, mode=args.mode,
-                base_steps=args.base_steps, image=args.image, progress=not args.no_progress,
-            )  # fmt: skip
-            if not reports:
-                for lora in result.lora_reports:
-                    print(lora.summary(), file=sys.stderr)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            result.image.save(out)
-            reports.append({"prompt": prompt, "output": str(out), "seed": args.seed + index, **result.to_dict()})
-            if not args.json:
-                print(f"wrote {out}")
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        if not reports:
+            for lora in result.lora_reports:
+                print(lora.summary(), file=sys.stderr)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        result.image.save(out)
+        reports.append({"prompt": prompt, "output": str(out), "seed": args.seed + index, **result.to_dict()})
+        if not args.json:
+            print(f"wrote {out}")
     if args.json:
         print(json.dumps({"model": args.model, "profile": glance.profile.name, "runs": reports}, indent=2))
     return 0

@@ -39,9 +39,13 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+from . import cli
+from .errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 LoraCompat = Literal["trained", "diffusers"]
 LORA_COMPAT_MODES = ("trained", "diffusers")
@@ -53,11 +57,11 @@ _TO_PEFT = ((".lora.down.", ".lora_A."), (".lora.up.", ".lora_B."), (".lora_down
 _STYLE_NAMES = {"lora_A": "lora_A/lora_B", "lora.down": "lora.down/lora.up", "lora_down": "lora_down/lora_up"}
 
 
-class LoraMismatchError(ValueError):
+class LoraMismatchError(UserError, ValueError):
     """A LoRA file whose layers do not exist in, or do not fit the shapes of, the base transformer."""
 
 
-class LoraFileError(ValueError):
+class LoraFileError(UserError, ValueError):
     """A file that is not a LoRA file glance_lite can read (not safetensors, no LoRA keys, unknown key layout)."""
 
 
@@ -152,10 +156,48 @@ def _layer_kinds(module_names) -> list[str]:
 
 # ==== reading files ================================================================================================
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and file metadata; a file that is not safetensors (or is cut short) is a `LoraFileError` naming it."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except OSError as exc:
+        raise LoraFileError(f"LoRA file {path} cannot be read ({exc.strerror or exc}).") from None
+    except Exception as exc:  # safetensors' header and truncation errors come in several types
+        raise LoraFileError(
+            f"{path} is not a safetensors file ({str(exc).splitlines()[0][:120]}): give a LoRA .safetensors file "
+            "(python -m glance_lite.lora info FILE checks one)."
+        ) from None
+
+
+def check_lora_file_header(path: Path) -> None:
+    """Refuse, from its header alone (no torch), a file that is not safetensors, is cut short, or holds no LoRA keys:
+    a command line answers these at once, before any model loads. The full read (`_read_safetensors`) says the same."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            length = int.from_bytes(f.read(8), "little")
+            if size < 8 or length > size - 8:
+                raise ValueError("header too large" if size >= 8 else "shorter than a safetensors header")
+            header = json.loads(f.read(length))
+    except OSError as exc:
+        raise LoraFileError(f"LoRA file {path} cannot be read ({exc.strerror or exc}).") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise LoraFileError(
+            f"{path} is not a safetensors file ({str(exc).splitlines()[0][:120]}): give a LoRA .safetensors file "
+            "(python -m glance_lite.lora info FILE checks one)."
+        ) from None
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else {}
+    try:
+        end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise LoraFileError(f"{path} is not a safetensors file (its header does not describe tensors).") from None
+    if 8 + length + end > size:
+        raise LoraFileError(f"{path} is cut short ({size} of {8 + length + end} bytes): copy or download it again.")
+    if not any(_LAYER_SUFFIX.search(key) for key in tensors):
+        raise LoraFileError(f"{path} holds no LoRA keys (no lora_A/lora_B, lora.down/lora.up or lora_down/lora_up weights).")
 
 
 def _adapter_metadata(file_metadata: dict) -> dict | None:
@@ -303,10 +345,7 @@ def read_lora_layout(path: str | Path) -> LoraFile:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    try:
-        tensors, file_metadata = _read_safetensors(path)
-    except Exception as exc:  # safetensors' header errors come in several types
-        raise LoraFileError(f"{path} is not a safetensors file ({str(exc).splitlines()[0][:120]}).") from None
+    tensors, file_metadata = _read_safetensors(path)
     lora = LoraFile.from_tensors(path, tensors, file_metadata)
     if not lora.modules:
         raise LoraFileError(f"{path} holds no LoRA keys (no lora_A/lora_B, lora.down/lora.up or lora_down/lora_up weights).")
@@ -432,6 +471,8 @@ def _gain(from_file: dict, in_model: dict) -> float | None:
         f, m = from_file.get(side), in_model.get(side)
         if f is None or m is None or f.shape != m.shape:
             return None
+        import torch
+
         f, m = f.detach().float().cpu(), m.detach().float().cpu()
         norm_f, norm_m = float(f.norm()), float(m.norm())
         if norm_f == 0 or norm_m == 0:
@@ -450,6 +491,7 @@ def write_lora_file(path: Path, modules: dict, alphas: dict[str, float], prefix:
 
     Written to a temporary name in the same folder and renamed, so a crash never leaves a half-written file.
     """
+    import torch
     from safetensors.torch import save_file
 
     tensors = {}
@@ -633,7 +675,7 @@ def convert_lora_file(path: str | Path, out: str | Path, scale: str, prefix: str
 
 # ==== command line ===================================================================================================
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m glance_lite.lora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m glance_lite.lora", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = p.add_subparsers(dest="command", required=True)
     model_help = ("check the layers against this model (tiny/..., a local pipeline folder, a hub id whose configs are cached) "
                   "instead of the Qwen-Image, Qwen-Image-Edit and FLUX.1-dev architectures that ship with glance_lite")  # fmt: skip
@@ -650,23 +692,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--prefix", choices=("diffusion_model", "transformer", "none"),
                          help="key prefix (default: the family's, which diffusers and ComfyUI both read)")  # fmt: skip
     convert.add_argument("--model", help=model_help)
+    convert.add_argument("--overwrite", action="store_true", help="replace --out if it exists (refused otherwise)")
     return p
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "info":
-            info = describe_lora_file(args.file, args.model)
-            print(json.dumps(info.to_dict(), indent=2) if args.json else info.text())
-        else:
-            prefix = None if args.prefix is None else "" if args.prefix == "none" else f"{args.prefix}."
-            out = convert_lora_file(args.file, args.out, args.scale, prefix, args.model)
-            print(f"wrote {out} ({args.scale}):")
-            print(describe_lora_file(out, args.model).text())
-    except (ValueError, FileNotFoundError) as exc:  # LoraFileError, an unknown --model, ...: the user's to fix
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.command == "info":
+        info = describe_lora_file(args.file, args.model)
+        print(json.dumps(info.to_dict(), indent=2) if args.json else info.text())
+    else:
+        from .checks import check_output_file
+
+        check_output_file(args.out, "--out", args.overwrite, extensions=(".safetensors",))
+        prefix = None if args.prefix is None else "" if args.prefix == "none" else f"{args.prefix}."
+        out = convert_lora_file(args.file, args.out, args.scale, prefix, args.model)
+        print(f"wrote {out} ({args.scale}):")
+        print(describe_lora_file(out, args.model).text())
     return 0
 
 

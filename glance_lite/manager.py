@@ -24,10 +24,12 @@ from contextlib import contextmanager
 
 import torch
 
+from .errors import SetupError, UserError
 from .memory import MemoryTracker
 from .models import ModelSource, component_class, meta_component
 from .placement import Placement, gpu_index, placement
 from .quantize import loading_kwargs, quantize_after_load, torch_dtype
+from .quiet import apply_progress
 
 logger = logging.getLogger("glance_lite")
 # Manager stage -> the planner's name for its most demanding part.
@@ -36,7 +38,7 @@ PLAN_STAGE = {"denoise": "slow_phase"}
 ATTENTION_BACKENDS = {"sdpa": "native", "xformers": "xformers"}
 
 
-class StageOutOfMemoryError(RuntimeError):
+class StageOutOfMemoryError(UserError, RuntimeError):
     """A CUDA OOM translated into what to do about it."""
 
 
@@ -54,11 +56,39 @@ def attention_backend(profile) -> str:
 
     backend = ATTENTION_BACKENDS[profile.attention]
     if backend != "native" and importlib.util.find_spec(backend) is None:
-        raise RuntimeError(
+        raise SetupError(
             f"Profile '{profile.name}' asks for attention: {profile.attention}, but {backend} is not installed: "
             'pip install -e ".[xformers]", or set attention: sdpa in the profile.'
         )
     return backend
+
+
+def check_devices_exist(profile, family, device: str | None = None, rank: int = 0) -> None:
+    """Refuse, before anything loads, a profile whose GPUs this machine does not have (`device="cpu"` needs none)."""
+    components = (*family.text_encoders, "transformer", "vae")
+    devices = [compute_device(profile, c, device, rank) for c in components]
+    wanted = sorted({d.index or 0 for d in devices if d.type == "cuda"})
+    if not wanted:
+        return
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if available == 0:
+        raise SetupError(
+            f"Profile '{profile.name}' runs on a CUDA GPU and this machine has none usable by torch "
+            f"(torch {torch.__version__}). Use --profile cpu (or auto), or --device cpu to run this profile's "
+            "choices on the CPU."
+        )
+    if wanted[-1] >= available:
+        raise SetupError(
+            f"Profile '{profile.name}' uses GPU {wanted[-1]} and this machine has {available} GPU(s). "
+            "Choose a profile for this machine (--profile auto picks one)."
+        )
+
+
+def compute_device(profile, component: str, device: str | None = None, rank: int = 0) -> torch.device:
+    """Where a component computes: its GPU (`gpu:` within process `rank`'s share), or the CPU."""
+    if profile.device == "cpu" or device == "cpu" or profile.component(component).placement == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda", gpu_index(profile, component, rank))
 
 
 class ComponentManager:
@@ -93,9 +123,7 @@ class ComponentManager:
 
     def device_of(self, component: str) -> torch.device:
         """Where a component computes: its GPU (`gpu:` within this process's share), or the CPU."""
-        if self.profile.device == "cpu" or self.device_override == "cpu" or self.policy(component).placement == "cpu":
-            return torch.device("cpu")
-        return torch.device("cuda", gpu_index(self.profile, component, self.rank))
+        return compute_device(self.profile, component, self.device_override, self.rank)
 
     def policy(self, component: str):
         return self.profile.component(component)
@@ -112,7 +140,9 @@ class ComponentManager:
         heavy = set(self.family.text_encoders) | {"transformer"}
         skipped = {name: None for name in heavy if name in self.source.components}
         vae_dtype = torch_dtype(self.policy("vae").dtype)
-        pipe = self.family.pipeline_class.from_pretrained(
+        pipeline_class = self.family.pipeline_class
+        apply_progress()  # --no-progress: no "Loading pipeline components" bar (diffusers is imported now)
+        pipe = pipeline_class.from_pretrained(
             self.source.location, **skipped, dtype=vae_dtype, **self.family.extra_load_kwargs(self.source.location)
         )
         pipe.vae.eval().requires_grad_(False)
@@ -149,6 +179,7 @@ class ComponentManager:
         The one place that reads weights; benchmarks override it to build random weights from a config.
         """
         cls = component_class(self.source, component)
+        apply_progress()
         device = self.device_of(component)
         kwargs = {"subfolder": component, "dtype": torch_dtype(where.dtype)}
         kwargs.update(loading_kwargs(cls, where.quantization, where.dtype, device))

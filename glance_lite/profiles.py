@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError, one_line, read_text_file
 from .pairings import QUANTIZATIONS, TRAINING_QUANTIZATIONS, placement_problem, training_problem
 
 # ---- vocabularies (the manager and the planner understand exactly these) ---------------------------------------
@@ -44,7 +45,7 @@ BF16_MIN_COMPUTE_CAPABILITY = 8.0
 CARD_SIZE_TOLERANCE_GB = 1.0
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile that cannot be used; the message names the file and the field."""
 
 
@@ -408,10 +409,7 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
     if text in builtin:
         return _load_file(builtin[text], f"profiles/{text}.yaml")
     if isinstance(name_or_path, Path) or _looks_like_path(text):
-        path = Path(text).expanduser()
-        if not path.is_file():
-            raise ProfileError(f"Profile file {text} does not exist.")
-        return _load_file(path, text)
+        return _load_file(Path(text).expanduser(), text)
     guess = difflib.get_close_matches(text, builtin, n=1)
     hint = f" Did you mean '{guess[0]}'?" if guess else ""
     raise ProfileError(
@@ -421,8 +419,9 @@ def load_profile(name_or_path: str | Path | Profile) -> Profile:
 
 
 def _load_file(file, source: str) -> Profile:
+    text = file.read_text(encoding="utf-8") if not isinstance(file, Path) else read_text_file(file, "Profile file", ProfileError)
     try:
-        data = yaml.safe_load(file.read_text())
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ProfileError(f"{source}: not valid YAML: {exc}") from None
+        raise ProfileError(f"{source}: not valid YAML: {one_line(exc)}") from None
     return parse_profile(data, source)

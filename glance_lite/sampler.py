@@ -16,11 +16,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import restore_base_weights, use_adapter
+from .errors import UserError
 from .families import Conditioning, LatentState, ModelFamily
 from .schedule import PhasePlan, Step
 
 
-class NonFiniteLatentsError(RuntimeError):
+class NonFiniteLatentsError(UserError, RuntimeError):
     """The latent became NaN/inf: stop instead of decoding a black image."""
 
 

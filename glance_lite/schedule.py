@@ -15,19 +15,15 @@ sampler moves the latent by `(sigma_next - sigma) * velocity`. Two ways to fill 
   sigma 1. Under a perfect velocity it ends at sigma = -0.0537 (Qwen-Image, 1024^2), past the clean image.
 
 The dense schedule itself is computed by diffusers' `FlowMatchEulerDiscreteScheduler` with the model's own
-scheduler config and the same resolution-dependent shift (`mu`) as the stock pipelines, so `base_plan(N)`
-reproduces a stock N-step run exactly.
+scheduler config and the same resolution-dependent shift (`mu`, `calculate_shift`) as the stock pipelines, so
+`base_plan(N)` reproduces a stock N-step run exactly. torch and diffusers are imported where the schedule is
+computed: `PhaseSplit` checks a command line's `--slow-steps` before either is loaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Literal
-
-import numpy as np
-import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
-from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift
 
 ScheduleMode = Literal["consistent", "reference"]
 SCHEDULE_MODES = ("consistent", "reference")
@@ -136,8 +132,22 @@ def image_seq_len(height: int, width: int, vae_scale_factor: int = 8, patch_size
     return (height // per_token) * (width // per_token)
 
 
+def calculate_shift(
+    image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096, base_shift: float = 0.5, max_shift: float = 1.15
+) -> float:
+    """The stock pipelines' resolution-dependent shift `mu`: linear in the number of image tokens, `base_shift` at
+    `base_seq_len` and `max_shift` at `max_seq_len` (the same arithmetic as diffusers' `calculate_shift`, which
+    tests/test_schedule.py checks; importing it would import the whole Qwen-Image pipeline)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    b = base_shift - m * base_seq_len
+    return image_seq_len * m + b
+
+
 def dense_schedule(scheduler_config: dict, seq_len: int, num_steps: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(timesteps, sigmas incl. the terminal 0, mu) exactly as the stock Qwen-Image/FLUX pipelines set them."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler_config)
     mu = calculate_shift(
         seq_len,
@@ -183,6 +193,8 @@ def glance_plan(
         return PhasePlan(steps, mode, seq_len, mu)
 
     # reference: bf16-rounded 1024^2 timesteps; the latent follows the sampler's own sigma bookkeeping.
+    import torch
+
     ref_timesteps, _, _ = dense_schedule(scheduler_config, REFERENCE_IMAGE_SEQ_LEN, split.dense_steps)
     steps: list[Step] = []
     for name, indices in phases:

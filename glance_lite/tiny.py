@@ -22,7 +22,8 @@ bfloat16 as the real checkpoints are (~1-2.5 GB each, built on first use). They 
 residency and placement choices on a CPU at the sizes the GPU would see, per layer.
 
 Changing anything a model is built from (the sizes here, the seeds, the tokenizer files, `configs/*`) changes its
-weights: bump VERSION so that cached folders are rebuilt.
+weights: bump VERSION so that cached folders are rebuilt. diffusers and transformers are imported by the builders
+only: resolving an embedded id (`models.py`) must not import every pipeline and image processor.
 """
 
 from __future__ import annotations
@@ -35,35 +36,6 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from diffusers import (
-    AutoencoderKL,
-    AutoencoderKLQwenImage,
-    DiffusionPipeline,
-    FluxPipeline,
-    FluxTransformer2DModel,
-    FlowMatchEulerDiscreteScheduler,
-    QwenImageEditPipeline,
-    QwenImagePipeline,
-    QwenImageTransformer2DModel,
-)
-from tokenizers import pre_tokenizers
-from transformers import (
-    CLIPTextConfig,
-    CLIPTextModel,
-    CLIPTokenizer,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
-    Qwen2Tokenizer,
-    Qwen2VLImageProcessorPil,
-    Qwen2VLProcessor,
-    T5Config,
-    T5EncoderModel,
-    T5Tokenizer,
-)
-
-from .processors import build_qwen2vl_processor
 
 TINY_MODEL_IDS = ("tiny/qwen-image", "tiny/flux", "tiny/qwen-image-edit")
 REAL_WIDTH_MODEL_IDS = ("realwidth/qwen-image", "realwidth/flux", "realwidth/qwen-image-edit")
@@ -165,6 +137,7 @@ def _quiet_saving():
     from transformers.utils import logging as transformers_logging
 
     levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    bars = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     diffusers_logging.set_verbosity_error()
     transformers_logging.set_verbosity_error()
     diffusers_logging.disable_progress_bar()
@@ -174,8 +147,10 @@ def _quiet_saving():
     finally:
         diffusers_logging.set_verbosity(levels[0])
         transformers_logging.set_verbosity(levels[1])
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
+        if bars[0]:  # as they were: --no-progress keeps them off
+            diffusers_logging.enable_progress_bar()
+        if bars[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def build_tiny_pipeline(model_id: str) -> DiffusionPipeline:
@@ -188,6 +163,8 @@ def build_tiny_pipeline(model_id: str) -> DiffusionPipeline:
     that want speed choose the condition size themselves. The processor caps what reaches the vision tower at
     224x224 pixels (64 vision tokens).
     """
+    import torch
+
     builders = {"qwen-image": _qwen_image, "flux": _flux, "qwen-image-edit": _qwen_image_edit}
     name, scale = _tiny_name(model_id)
     pipeline = builders[name](SIZES[scale])
@@ -225,6 +202,8 @@ def _from_real_config(cls, family: str, component: str, **overrides):
 
 def _seeded(component: str, build, *args, **kwargs):
     """`build(*args, **kwargs)` under the component's fixed seed, leaving the caller's RNG state untouched."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEEDS[component])
         return build(*args, **kwargs)
@@ -234,16 +213,23 @@ def _seeded(component: str, build, *args, **kwargs):
 
 
 def _qwen_image(sizes: Sizes) -> QwenImagePipeline:
+    from diffusers import QwenImagePipeline
+
     return QwenImagePipeline(**_qwen_components(_qwen_tokenizer(), sizes))
 
 
 def _qwen_image_edit(sizes: Sizes) -> QwenImageEditPipeline:
+    from diffusers import QwenImageEditPipeline
+
     tokenizer = _qwen_tokenizer()
     return QwenImageEditPipeline(**_qwen_components(tokenizer, sizes), processor=_qwen_processor(tokenizer))
 
 
 def _qwen_components(tokenizer: Qwen2Tokenizer, sizes: Sizes) -> dict:
     """The components Qwen-Image and Qwen-Image-Edit share (as in the real models, with identical weights)."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
     return dict(
         scheduler=_scheduler("qwen-image"),
         vae=_seeded("vae", _from_real_config, AutoencoderKLQwenImage, "qwen-image", "vae", **sizes.qwen_vae),
@@ -260,6 +246,8 @@ def _text_width(transformer: dict, width: int) -> dict:
 
 
 def _qwen_tokenizer() -> Qwen2Tokenizer:
+    from transformers import Qwen2Tokenizer
+
     # `local_files_only` is recorded in the saved tokenizer_config.json: fixing it (rather than letting it follow
     # HF_HUB_OFFLINE) keeps the saved folder byte-identical in every environment.
     return Qwen2Tokenizer.from_pretrained(_QWEN_TOKENIZER, local_files_only=True)
@@ -267,6 +255,10 @@ def _qwen_tokenizer() -> Qwen2Tokenizer:
 
 def _qwen_processor(tokenizer: Qwen2Tokenizer) -> Qwen2VLProcessor:
     """Patch/merge sizes as Qwen2.5-VL; at most 224x224 pixels (64 vision tokens) reach the vision tower."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from .processors import build_qwen2vl_processor
+
     image_processor = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=224 * 224)
     return build_qwen2vl_processor(image_processor, tokenizer)
 
@@ -280,6 +272,8 @@ def small_qwen_vl_config(
     Qwen-Image uses only the last hidden state; the vision tower serves Qwen-Image-Edit's condition image. Shared by
     the tiny, real-width and pocket models (glance_lite/pocket/base.py).
     """
+    from transformers import Qwen2_5_VLConfig
+
     text = dict(
         vocab_size=len(tokenizer),
         hidden_size=width,
@@ -309,6 +303,8 @@ def small_qwen_vl_config(
 
 
 def _flux(sizes: Sizes) -> FluxPipeline:
+    from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel
+
     clip_tokenizer, t5_tokenizer = _clip_tokenizer(), _t5_tokenizer()
     transformer = {"pooled_projection_dim": sizes.clip["projection_dim"], **_text_width(sizes.flux_transformer, sizes.t5["d_model"])}
     return FluxPipeline(
@@ -324,6 +320,9 @@ def _flux(sizes: Sizes) -> FluxPipeline:
 
 def _clip_tokenizer() -> CLIPTokenizer:
     """Byte-level characters, each also with CLIP's end-of-word `</w>` suffix, and no merges: one token per char."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
     symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for symbol in symbols:
@@ -333,6 +332,8 @@ def _clip_tokenizer() -> CLIPTokenizer:
 
 
 def _clip_text_encoder(tokenizer: CLIPTokenizer, sizes: dict) -> CLIPTextModel:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=_CLIP_MAX_LENGTH,
@@ -346,6 +347,8 @@ def _clip_text_encoder(tokenizer: CLIPTokenizer, sizes: dict) -> CLIPTextModel:
 
 def _t5_tokenizer() -> T5Tokenizer:
     """Unigram over printable ASCII, each character with and without the word-start marker `▁`."""
+    from transformers import T5Tokenizer
+
     specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
     chars = [chr(code) for code in range(33, 127)]
     vocab = specials + [(piece, -3.0) for char in chars for piece in ("▁" + char, char)]
@@ -353,6 +356,8 @@ def _t5_tokenizer() -> T5Tokenizer:
 
 
 def _t5_encoder(tokenizer: T5Tokenizer, sizes: dict) -> T5EncoderModel:
+    from transformers import T5Config, T5EncoderModel
+
     config = T5Config(
         vocab_size=len(tokenizer),
         feed_forward_proj="gated-gelu",
@@ -365,4 +370,6 @@ def _t5_encoder(tokenizer: T5Tokenizer, sizes: dict) -> T5EncoderModel:
 
 
 def _scheduler(family: str) -> FlowMatchEulerDiscreteScheduler:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
     return _from_real_config(FlowMatchEulerDiscreteScheduler, family, "scheduler")

@@ -38,6 +38,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shlex
 import signal
@@ -46,22 +47,22 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-
-from . import _make_callable
+from . import _make_callable, cli
 from .data import (
     DEFAULT_MIN_SIZE,
-    DatasetError,
     EmbeddingCache,
     Sample,
     file_digest,
     validate_dataset,
 )
+from .errors import UserError
 from .loss_log import LossLog, plot_loss_curve, read_loss_csv
 from .train_config import PHASES, RUN_KEYS, ConfigFile, TrainConfig, load_config_file, parse_set_options, read_config_file
+
+if TYPE_CHECKING:  # torch is imported where a run starts: `--help` and refusals answer before it loads
+    import torch
 
 # Config keys that do not change what is trained (a resumed run may change them).
 _BOOKKEEPING_KEYS = ("checkpoint_every", "keep_checkpoints", "cache_dir")
@@ -156,10 +157,11 @@ class Run:
     progress: bool
     verbose: bool
     transformer: Any = None
+    resume: dict = field(default_factory=dict)  # phase -> the checkpoint.Checkpoint to resume from, or None
 
     @property
     def dtype(self) -> torch.dtype:
-        return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[self.profile.training.dtype]
+        return _dtype(self.profile.training.dtype)
 
     @property
     def optimizer_name(self) -> str:
@@ -185,6 +187,11 @@ class Run:
     def say(self, text: str) -> None:
         if self.verbose and self.accelerator.is_main_process:
             print(text, flush=True)
+
+    def warn(self, text: str) -> None:
+        """A line the user must see (a checkpoint skipped), on stderr, whatever `verbose` says."""
+        if self.accelerator.is_main_process:
+            print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def train(
@@ -217,6 +224,7 @@ def train(
         raise ValueError("A plain list of timesteps applies to one phase: train one --phase, or give {slow: [...], fast: [...]}.")
     if cfg.condition_area is not None and hasattr(family, "condition_area"):
         family.condition_area = cfg.condition_area
+    check_output_folder(Path(output), phases, restart)
     min_size = cfg.min_image_size or min(DEFAULT_MIN_SIZE, cfg.resolution)
     samples = validate_dataset(data, edit=family.needs_condition_image, min_size=min_size)
 
@@ -257,6 +265,8 @@ def _train_phases(run: Run, phases) -> dict[str, PhaseResult]:
 
 def train_phase(run: Run, phase: str) -> PhaseResult:
     """The training loop of one adapter: flow-matching MSE at the phase's timesteps, checkpointed, resumable."""
+    import torch.nn.functional as F
+
     cfg, family, accelerator = run.config, run.family, run.accelerator
     params = _activate_adapter(run.transformer, phase)
     optimizer = accelerator.prepare_optimizer(_build_optimizer(params, cfg, run.optimizer_name), device_placement=False)
@@ -269,6 +279,7 @@ def train_phase(run: Run, phase: str) -> PhaseResult:
     log = LossLog(run.output / f"{phase}_loss.csv", start, enabled=accelerator.is_main_process)
     started = time.perf_counter()
     bar = _progress(run, phase, start)
+    divergence = DivergenceCheck(scaled=getattr(accelerator, "scaler", None) is not None)
     for step in range(start, cfg.steps):
         draw = sampler.draw()
         sigma = draw.timestep / 1000  # the trainer's sigma of a timestep (reference notes §4)
@@ -277,8 +288,10 @@ def train_phase(run: Run, phase: str) -> PhaseResult:
         velocity = family.velocity(model, draw.example.state, noisy, family.timestep_tensor(draw.timestep, noisy), draw.cond)
         loss = F.mse_loss(velocity.float(), target.float())
         accelerator.backward(loss)
-        if cfg.max_grad_norm:
-            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else _gradient_norm(params)
+        if divergence.check(loss.item(), float(grad_norm)):
+            bar.close()
+            raise TrainingDivergedError(_divergence_message(run, phase, step + 1, divergence.what))
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         lr_scheduler.step()
@@ -295,6 +308,71 @@ def train_phase(run: Run, phase: str) -> PhaseResult:
     return _finish_phase(run, phase, log, start, eval_before, time.perf_counter() - started)
 
 
+class TrainingDivergedError(UserError, RuntimeError):
+    """The loss or the LoRA gradients became NaN/inf: training stopped before the step could damage the adapter."""
+
+
+@dataclass
+class DivergenceCheck:
+    """Is a step's loss or gradient NaN/inf? Checked after backward (DDP has then averaged the gradients, so every
+    process sees a NaN any of them produced and all stop together) and before the optimizer step, so the adapter
+    and every checkpoint keep the last finite weights. With fp16 loss scaling (`scaled`), an overflowing gradient
+    is the scaler's business (it skips the step and lowers the scale) unless it happens `max_skipped` steps in a
+    row; a non-finite loss always stops."""
+
+    scaled: bool = False
+    max_skipped: int = 8
+    skipped: int = 0
+    what: str = ""
+
+    def check(self, loss: float, grad_norm: float) -> bool:
+        if not math.isfinite(loss):
+            self.what = f"the loss is {loss}"
+            return True
+        if math.isfinite(grad_norm):
+            self.skipped = 0
+            return False
+        self.skipped += 1
+        if self.scaled and self.skipped < self.max_skipped:
+            return False
+        self.what = f"the LoRA gradients are {grad_norm} (loss {loss:.4g})"
+        if self.scaled:
+            self.what += f", {self.skipped} steps in a row despite fp16 loss scaling"
+        return True
+
+
+def _gradient_norm(params) -> float:
+    import torch
+
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+
+
+def _divergence_message(run: Run, phase: str, step: int, what: str) -> str:
+    """One line: which step, what went non-finite, the dtype the frozen base computes in, what is intact, what to try."""
+    from .checkpoint import list_checkpoints
+
+    cfg, training, profile = run.config, run.profile.training, run.profile
+    kept = list_checkpoints(run.checkpoints(phase))
+    intact = (
+        f"the last checkpoint, {kept[-1].path} (step {kept[-1].step}), is intact and nothing was saved after it"
+        if kept else "no checkpoint of this phase had been written, and nothing was saved"
+    )  # fmt: skip
+    lower_lr = f"a lower learning rate (--set learning_rate={cfg.learning_rate / 10:g})"
+    fp32 = 'training.mixed_precision: "no" in a copy of the profile (float32 compute; on a V100 the fp32-compute recipe)'
+    if training.dtype == "float16":
+        tries = f"a bfloat16 profile (Ampere or newer GPUs), {fp32}, or {lower_lr}"
+    elif training.dtype == "bfloat16":
+        tries = f"{lower_lr}, or {fp32}"
+    else:
+        tries = lower_lr + ("" if cfg.max_grad_norm else ", or gradient clipping (--set max_grad_norm=1)")
+    return (
+        f"training stopped at {phase} step {step} of {cfg.steps}: {what}. The frozen base computes in {training.dtype} "
+        f"(profile '{profile.name}', training.mixed_precision: {training.mixed_precision}); {intact}. "
+        f"Try {tries}, with --restart (changed settings make a new run)."
+    )
+
+
 # ==== run setup: checks, profile, encoding ==========================================================================
 def _phases(phase: str) -> tuple[str, ...]:
     if phase == "both":
@@ -302,6 +380,42 @@ def _phases(phase: str) -> tuple[str, ...]:
     if phase in PHASES:
         return (phase,)
     raise ValueError(f"phase must be slow, fast or both, got {phase!r}.")
+
+
+def check_output_folder(output: Path, phases, restart: bool) -> None:
+    """Refuse, before anything is read or written, an output folder a run cannot use: a file, not writable, or
+    holding files of the user's that the run would replace -- an adapter no run in it made (a run writes its last
+    checkpoint before the adapter; `restart` replaces it) or a train_config.yaml that is not a run's resolved config."""
+    from .checks import OutputPathError, check_writable_folder
+
+    if output.exists() and not output.is_dir():
+        raise OutputPathError(f"output {output} is a file; give a folder for the adapters, logs and checkpoints (it is created if missing).")
+    check_writable_folder(output, "output")
+    for phase in phases:
+        adapter = output / f"{phase}.safetensors"
+        made_here = (output / "checkpoints" / phase).is_dir()
+        if adapter.exists() and not made_here and not restart:
+            raise OutputPathError(
+                f"{adapter} exists and no training run in {output} made it (no checkpoints/{phase}/): pass --restart "
+                "(restart=True) to replace it, or choose another output folder."
+            )
+    config = output / "train_config.yaml"
+    if config.exists() and not _written_by_a_run(config):
+        raise OutputPathError(
+            f"{config} exists and is not the resolved config a run writes there; a run would replace it: move it, "
+            "or choose another output folder."
+        )
+
+
+def _written_by_a_run(path: Path) -> bool:
+    """True for the train_config.yaml `_write_resolved_config` writes (it records the optimizer used)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and "optimizer_used" in data and "model" in data
 
 
 def _family_without_loading(model: str):
@@ -340,6 +454,8 @@ def _start_run(model, family, cfg, samples, output, profile, progress, verbose, 
     run = Run(model, cfg, family, resolved, accelerator, manager, output, examples, fingerprint, _data_digest(samples), progress, verbose)
     for example in examples:
         example.timesteps = {p: phase_timesteps(run, p, example.height, example.width) for p in PHASES}
+    with accelerator.main_process_first():  # the main process sets unreadable checkpoints aside, the others see that
+        _check_checkpoints(run, phases)
     if accelerator.is_main_process:
         _write_resolved_config(run)
     return run
@@ -353,11 +469,14 @@ def _resolve_profile(profile, model: str, resolution: int):
 
 def _make_accelerator(profile, device: str | None = None):
     """accelerate decides the device of this process (cuda:LOCAL_RANK under `accelerate launch`) and syncs gradients."""
+    import torch
     from accelerate import Accelerator
 
     on_cpu = profile.device == "cpu" or device == "cpu"
     if not on_cpu and not torch.cuda.is_available():
-        raise RuntimeError(
+        from .errors import SetupError
+
+        raise SetupError(
             f"Profile '{profile.name}' trains on a CUDA GPU, and none is available here. Use --profile cpu, or "
             "--device cpu to run this profile's choices on the CPU."
         )
@@ -366,10 +485,27 @@ def _make_accelerator(profile, device: str | None = None):
     # Frozen buffers are identical on every rank; not broadcasting them also lets block streaming swap them. Some
     # adapted layers never reach the loss (e.g. the last block's text-stream MLP in Qwen-Image): DDP must expect that.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=True)
+    _forget_an_earlier_single_process_accelerator(profile.training.mixed_precision, on_cpu)
     return Accelerator(cpu=on_cpu, mixed_precision=profile.training.mixed_precision, kwargs_handlers=[ddp])
 
 
+def _forget_an_earlier_single_process_accelerator(mixed_precision: str, on_cpu: bool) -> None:
+    """accelerate keeps one process-wide state and refuses an Accelerator with another mixed precision or device
+    ("AcceleratorState has already been initialized"): a second `train()` in one process with another profile would
+    fail. Outside a distributed launch nothing else shares that state, so it is reset; under one it is left alone."""
+    from accelerate.state import AcceleratorState
+
+    state = AcceleratorState._shared_state
+    if not state or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    device = state.get("device")
+    if state.get("_mixed_precision") != mixed_precision or (on_cpu and device is not None and device.type != "cpu"):
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _dtype(name: str) -> torch.dtype:
+    import torch
+
     return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
@@ -402,6 +538,8 @@ def encode_examples(manager, family, samples, cfg, cache: EmbeddingCache, run_dt
     Only cache misses load the text encoder or use the VAE; both are evicted afterwards, so they never share
     memory with the transformer.
     """
+    import torch
+
     from .data import image_to_tensor, load_image, read_image_size, training_resolution
 
     device = manager.device  # where the training step runs: embeddings and latents end up there
@@ -502,6 +640,7 @@ def _prepare_transformer(transformer, run: Run, phases) -> None:
 def add_training_adapters(transformer, family, rank: int, alpha: float, seeds: dict[str, int]) -> None:
     """One trainable LoRA per name in `seeds` on the family's targets (gaussian init from that seed), kept in float32
     whatever the frozen base's dtype (mixed precision)."""
+    import torch
     from peft import LoraConfig
 
     for name, seed in seeds.items():
@@ -552,6 +691,8 @@ def _build_optimizer(params, cfg: TrainConfig, name: str):
         import bitsandbytes as bnb
 
         return bnb.optim.AdamW8bit(params, **kwargs)
+    import torch
+
     return torch.optim.AdamW(params, **kwargs)
 
 
@@ -577,10 +718,14 @@ class StepSampler:
     so its state in a checkpoint is enough to replay the rest of the run exactly, on any device."""
 
     def __init__(self, examples: list[TrainingExample], phase: str, caption_dropout: float, seed: int):
+        import torch
+
         self.examples, self.phase, self.caption_dropout = examples, phase, caption_dropout
         self.generator = torch.Generator("cpu").manual_seed(seed)
 
     def draw(self) -> Draw:
+        import torch
+
         g = self.generator
         example = self.examples[int(torch.randint(len(self.examples), (1,), generator=g))]
         timesteps = example.timesteps[self.phase]
@@ -596,19 +741,22 @@ class StepSampler:
         self.generator.set_state(state)
 
 
-@torch.no_grad()
 def _eval_loss(run: Run, phase: str) -> float:
     """Mean loss over every sample x phase timestep with fixed noise: comparable before and after training."""
+    import torch
+    import torch.nn.functional as F
+
     generator = torch.Generator("cpu").manual_seed(run.config.seed + _EVAL_SEED)
     losses = []
-    for example in run.examples:
-        noise = torch.randn(example.latents.shape, generator=generator).to(example.latents.device)
-        for t in example.timesteps[phase]:
-            sigma = t / 1000
-            noisy = ((1 - sigma) * example.latents + sigma * noise).to(run.dtype)
-            with run.accelerator.autocast():
-                v = run.family.velocity(run.transformer, example.state, noisy, run.family.timestep_tensor(t, noisy), example.cond)
-            losses.append(F.mse_loss(v.float(), (noise - example.latents).float()).item())
+    with torch.no_grad():
+        for example in run.examples:
+            noise = torch.randn(example.latents.shape, generator=generator).to(example.latents.device)
+            for t in example.timesteps[phase]:
+                sigma = t / 1000
+                noisy = ((1 - sigma) * example.latents + sigma * noise).to(run.dtype)
+                with run.accelerator.autocast():
+                    v = run.family.velocity(run.transformer, example.state, noisy, run.family.timestep_tensor(t, noisy), example.cond)
+                losses.append(F.mse_loss(v.float(), (noise - example.latents).float()).item())
     return sum(losses) / len(losses)
 
 
@@ -636,18 +784,14 @@ def _save_checkpoint(run: Run, phase: str, step: int, optimizer, lr_scheduler, s
 
 
 def _resume(run: Run, phase: str, optimizer, lr_scheduler, sampler) -> tuple[int, float | None]:
-    """Continue from the newest checkpoint of this phase if there is one; returns (step, eval loss before)."""
-    from .checkpoint import (
-        check_same_run,
-        latest_checkpoint,
-        restore_training_checkpoint,
-    )
+    """Continue from the newest readable checkpoint of this phase if there is one (`_check_checkpoints`); returns
+    (step, eval loss before)."""
+    from .checkpoint import restore_training_checkpoint
 
-    checkpoint = latest_checkpoint(run.checkpoints(phase))
+    checkpoint = run.resume.get(phase)
     if checkpoint is None:
         return 0, None
     state = checkpoint.read_state()
-    check_same_run(checkpoint, state, run.digest(phase), run.describe(phase))
     sampler_states = restore_training_checkpoint(
         checkpoint, state, transformer=run.transformer, adapter_name=phase, optimizer=optimizer, lr_scheduler=lr_scheduler
     )
@@ -658,12 +802,9 @@ def _resume(run: Run, phase: str, optimizer, lr_scheduler, sampler) -> tuple[int
 
 def _phase_done(run: Run, phase: str) -> bool:
     """True if this exact run already finished `phase` (final adapter written after the last checkpoint)."""
-    from .checkpoint import check_same_run, latest_checkpoint
-
-    checkpoint = latest_checkpoint(run.checkpoints(phase))
+    checkpoint = run.resume.get(phase)
     if checkpoint is None or checkpoint.step != run.config.steps or not run.adapter_path(phase).is_file():
         return False
-    check_same_run(checkpoint, checkpoint.read_state(), run.digest(phase), run.describe(phase))
     run.say(f"The {phase} phase is already trained ({run.adapter_path(phase)}); pass --restart to train it again.")
     return True
 
@@ -682,12 +823,32 @@ def _finish_phase(run: Run, phase: str, log: LossLog, start: int, eval_before, s
 
 
 def _finished_phase(run: Run, phase: str) -> PhaseResult:
-    from .checkpoint import latest_checkpoint
-
-    state = latest_checkpoint(run.checkpoints(phase)).read_state()
+    state = run.resume[phase].read_state()
     losses = [r["loss"] for r in read_loss_csv(run.output / f"{phase}_loss.csv")]
     return PhaseResult(phase, run.adapter_path(phase), run.config.steps, run.examples[0].timesteps[phase], losses,
                        run.config.steps, True, state.get("extra", {}).get("eval_loss_before"))  # fmt: skip
+
+
+def _check_checkpoints(run: Run, phases) -> None:
+    """Before anything is written: each phase's newest readable checkpoint, to resume from (`run.resume`). One of a
+    different run is refused (`CheckpointMismatchError`); unreadable newer ones are set aside (kept, renamed) with a
+    line naming each, and the run resumes from the one before them or starts over, saying so."""
+    from .checkpoint import check_same_run, latest_checkpoint, newest_readable_checkpoint, set_aside
+
+    found = {}
+    for phase in phases:
+        latest_checkpoint(run.checkpoints(phase))  # removes the leftovers of a write a crash interrupted
+        checkpoint, state, unreadable = newest_readable_checkpoint(run.checkpoints(phase))
+        if checkpoint is not None:
+            check_same_run(checkpoint, state, run.digest(phase), run.describe(phase))
+        found[phase] = checkpoint, unreadable
+    for phase, (checkpoint, unreadable) in found.items():
+        for skipped, why in unreadable:
+            kept = set_aside(skipped) if run.accelerator.is_main_process else skipped.path
+            run.warn(f"{why}: the checkpoint is skipped, and kept as {kept}.")
+        if unreadable and checkpoint is None:
+            run.warn(f"no readable checkpoint of the {phase} phase is left: it starts over from step 0.")
+        run.resume[phase] = checkpoint
 
 
 def _discard_previous(output: Path, phases) -> None:
@@ -730,7 +891,7 @@ def _summary(result: TrainResult) -> str:
 
 # ==== command line ===================================================================================================
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m glance_lite.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m glance_lite.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="hub id (Qwen/Qwen-Image, black-forest-labs/FLUX.1-dev, Qwen/Qwen-Image-Edit), local folder, or tiny/qwen-image | tiny/flux | tiny/qwen-image-edit")
     p.add_argument("--data", type=Path, help="dataset folder: image + same-name .txt caption (edit models: image/ and control/)")
     p.add_argument("--output", type=Path, help="output folder (adapters, logs, checkpoints, cache)")
@@ -745,33 +906,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        overrides = parse_set_options(args.set)
-        config = load_config_file(args.config) if args.config else ConfigFile({})
-        run, settings, notes = config.resolve({k: getattr(args, k) for k in RUN_KEYS}, overrides)
-        if args.print_config:
-            if not run.get("model"):
-                raise ValueError("--print-config needs --model.")
-            import yaml
+    from .quiet import set_progress
 
-            cfg = TrainConfig.for_family(_family_without_loading(run["model"]), settings)
-            print("".join(f"# {line}\n" for line in notes) + yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-            return 0
-        for line in notes:
-            print(line)
-        missing = [name for name in ("model", "data", "output") if run.get(name) is None]
-        if missing:
-            raise ValueError(f"missing {', '.join('--' + m for m in missing)}.")
-        train(run["model"], run["data"], run["output"], run.get("phase", "both"), args.profile, settings, restart=args.restart,
-              progress=not args.no_progress, device=args.device)  # fmt: skip
-    except DatasetError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    set_progress(not args.no_progress)
+    overrides = parse_set_options(args.set)
+    config = load_config_file(args.config) if args.config else ConfigFile({})
+    run, settings, notes = config.resolve({k: getattr(args, k) for k in RUN_KEYS}, overrides)
+    if args.print_config:
+        if not run.get("model"):
+            raise cli.UsageError("--print-config needs --model.")
+        import yaml
+
+        cfg = TrainConfig.for_family(_family_without_loading(run["model"]), settings)
+        print("".join(f"# {line}\n" for line in notes) + yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    for line in notes:
+        print(line)
+    missing = [name for name in ("model", "data", "output") if run.get(name) is None]
+    if missing:
+        raise cli.UsageError(f"missing {', '.join('--' + m for m in missing)}.")
+    if args.profile != "auto":
+        from .profiles import load_profile
+
+        load_profile(args.profile)  # an unknown or broken profile is refused before torch is imported
+    train(run["model"], run["data"], run["output"], run.get("phase", "both"), args.profile, settings, restart=args.restart,
+          progress=not args.no_progress, device=args.device)  # fmt: skip
     return 0
 
 

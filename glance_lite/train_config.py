@@ -11,8 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import InputFileError, one_line, read_text_file
+
 PHASES = ("slow", "fast")
 TIMESTEP_MODES = ("consistent", "reference")
+
+
+class ConfigFileError(InputFileError):
+    """A training config file that cannot be read: missing, a folder, not UTF-8, not YAML, not a mapping."""
 
 
 # ==== configuration ===============================================================================================
@@ -153,14 +159,13 @@ def load_config_file(path: str | Path) -> "ConfigFile":
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Config file {path} does not exist.")
+    text = read_text_file(path, "config file", ConfigFileError)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigFileError(f"{path}: not valid YAML: {one_line(exc)}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a training config must be a YAML mapping of key: value.")
+        raise ConfigFileError(f"{path}: a training config must be a YAML mapping of key: value.")
     if any(key in _OFFICIAL_ONLY_KEYS for key in data):
         return translate_official_config(data, source=path.name)
     # YAML 1.1 reads 3e-4 as a string; numbers written that way are meant as numbers.
@@ -185,7 +190,14 @@ def parse_set_options(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}.")
-        out[key.strip()] = _yaml_number(yaml.safe_load(value))
+        try:
+            out[key.strip()] = _yaml_number(yaml.safe_load(value))
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or one_line(exc)
+            raise ValueError(
+                f"--set {item}: the value is not valid YAML ({problem}); write numbers and words as they are, "
+                "lists as [a, b], and put quotes around text holding [ ] { } or a colon."
+            ) from None
     return out
 
 

@@ -89,7 +89,9 @@ def test_a_full_size_random_build_that_cannot_fit_is_refused_before_anything_is_
     from glance_lite.profiles import load_profile
 
     common = bench("_common")
-    with pytest.raises(SystemExit, match="more than the"):  # 20.4 B float32 parameters (82 GB) on the cpu profile
+    from glance_lite.errors import UserError
+
+    with pytest.raises(UserError, match="more than the"):  # 20.4 B float32 parameters (82 GB) on the cpu profile
         common.check_random_build_fits(common.ARCHS["qwen-image"], load_profile("cpu"))
 
 

@@ -108,3 +108,23 @@ def test_cli_style_index_strings_parse_or_fail_clearly():
     assert PhaseSplit.parse("0,2,4,6", "10,20,30,49").slow == (0, 2, 4, 6)
     with pytest.raises(ValueError, match="comma-separated integers"):
         PhaseSplit.parse("0,two", None)
+
+
+def test_the_small_numeric_helpers_equal_the_diffusers_functions_they_stand_in_for():
+    """glance_lite computes the shift and the edit condition size itself, so that importing the schedule and the
+    families does not import two whole pipelines; the numbers must stay the stock pipelines'."""
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage import calculate_shift as stock_shift
+    from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions as stock_dimensions
+
+    from glance_lite.families.qwen_image_edit import calculate_dimensions
+    from glance_lite.schedule import calculate_shift
+
+    for family in sorted(TABLES):
+        config = scheduler_config(family)
+        keys = ("base_image_seq_len", "max_image_seq_len", "base_shift", "max_shift")
+        args = [config[k] for k in keys if k in config]
+        for seq_len in (16, 256, 1024, 4096, 6144, 8192):
+            assert calculate_shift(seq_len, *args) == stock_shift(seq_len, *args)
+    for area in (64 * 64, 512 * 512, 1024 * 1024):
+        for ratio in (1.0, 4 / 3, 3 / 4, 16 / 9, 0.37, 2.71):
+            assert calculate_dimensions(area, ratio) == stock_dimensions(area, ratio)[:2]

@@ -12,13 +12,14 @@ by the trainer and kept after the text encoder is evicted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import torch
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..schedule import PhaseSplit, image_seq_len
 
-Conditioning = dict[str, torch.Tensor]
+if TYPE_CHECKING:  # torch is imported where tensors are made: a dataset check needs the family, not torch
+    import torch
+
+Conditioning = dict[str, "torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,8 @@ class ModelFamily:
     @staticmethod
     def timestep_tensor(timestep: float, latents: torch.Tensor) -> torch.Tensor:
         """The model input for a 0..1000 timestep, built with the same ops as the stock pipelines (bit-exact)."""
+        import torch
+
         t = torch.tensor(timestep, dtype=torch.float32, device=latents.device)
         return t.expand(latents.shape[0]).to(latents.dtype) / 1000
 

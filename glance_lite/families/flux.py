@@ -8,9 +8,12 @@ Glance run is 10 forwards against 50 for the base model.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .base import Conditioning, LatentState, ModelFamily, TrainingRecipe
+
+if TYPE_CHECKING:
+    import torch
 
 GENERATION_MAX_SEQUENCE_LENGTH = 512
 DISTILLED_GUIDANCE = 3.5
@@ -35,6 +38,8 @@ class FluxFamily(ModelFamily):
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled, "text_ids": text_ids}
 
     def _state(self, pipe, latents, height, width, img_ids) -> LatentState:
+        import torch
+
         guidance = None
         if pipe.transformer.config.guidance_embeds:
             guidance = torch.full([1], DISTILLED_GUIDANCE, device=latents.device, dtype=torch.float32)
@@ -68,6 +73,8 @@ class FluxFamily(ModelFamily):
 
     def batch_conditions(self, cond, uncond):
         """T5 embeddings are padded to a fixed length, so both conditionings stack as they are."""
+        import torch
+
         if cond["prompt_embeds"].shape != uncond["prompt_embeds"].shape:
             return None
         return {
@@ -77,6 +84,8 @@ class FluxFamily(ModelFamily):
         }
 
     def batched_state(self, state):
+        import torch
+
         guidance = state.extra["guidance"]
         extra = dict(state.extra, guidance=None if guidance is None else guidance.repeat(2))
         return LatentState(torch.cat([state.latents] * 2), state.height, state.width, extra)

@@ -7,9 +7,12 @@ are used.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from .base import Conditioning, LatentState, ModelFamily, TrainingRecipe
+
+if TYPE_CHECKING:
+    import torch
 
 # Stock `QwenImagePipeline.__call__` default; training uses the recipe's 1024 (reference notes §4).
 GENERATION_MAX_SEQUENCE_LENGTH = 512
@@ -73,6 +76,8 @@ class QwenImageFamily(ModelFamily):
 
     def batch_conditions(self, cond, uncond):
         """Pad both prompts to one length; the mask hides the padding from attention."""
+        import torch
+
         length = max(cond["prompt_embeds"].shape[1], uncond["prompt_embeds"].shape[1])
         embeds, masks = [], []
         for c in (cond, uncond):
@@ -88,6 +93,8 @@ class QwenImageFamily(ModelFamily):
         return batched
 
     def batched_state(self, state):
+        import torch
+
         extra = dict(state.extra, img_shapes=state.extra["img_shapes"] * 2)
         if "image_latents" in extra:
             extra["image_latents"] = torch.cat([extra["image_latents"]] * 2)
@@ -95,6 +102,8 @@ class QwenImageFamily(ModelFamily):
 
     def combine_guidance(self, cond_v, uncond_v, scale):
         """Stock Qwen-Image true CFG: combine, then rescale each token to the conditional prediction's norm."""
+        import torch
+
         comb = uncond_v + scale * (cond_v - uncond_v)
         cond_norm = torch.norm(cond_v, dim=-1, keepdim=True)
         comb_norm = torch.norm(comb, dim=-1, keepdim=True)
@@ -102,6 +111,8 @@ class QwenImageFamily(ModelFamily):
 
     # ---- VAE -----------------------------------------------------------------------------------
     def _latent_stats(self, vae, like: torch.Tensor):
+        import torch
+
         shape = (1, vae.config.z_dim, 1, 1, 1)
         mean = torch.tensor(vae.config.latents_mean).view(shape).to(like.device, like.dtype)
         std = torch.tensor(vae.config.latents_std).view(shape).to(like.device, like.dtype)

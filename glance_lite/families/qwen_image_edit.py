@@ -8,13 +8,25 @@ output size; `condition_area` makes that choice explicit (tests use a small area
 
 from __future__ import annotations
 
-import torch
-from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit import calculate_dimensions
+import math
+from typing import TYPE_CHECKING
 
 from .base import Conditioning, LatentState
 from .qwen_image import QwenImageFamily
 
+if TYPE_CHECKING:
+    import torch
+
 STOCK_CONDITION_AREA = 1024 * 1024
+
+
+def calculate_dimensions(target_area: int, ratio: float) -> tuple[int, int]:
+    """(width, height) of about `target_area` pixels at aspect `ratio` (width / height), each side rounded to a
+    multiple of 32: the stock edit pipeline's arithmetic (diffusers' `calculate_dimensions`, checked equal in
+    tests/test_schedule.py; importing it would import the whole edit pipeline)."""
+    width = math.sqrt(target_area * ratio)
+    height = width / ratio
+    return round(width / 32) * 32, round(height / 32) * 32
 
 
 class QwenImageEditFamily(QwenImageFamily):
@@ -37,8 +49,7 @@ class QwenImageEditFamily(QwenImageFamily):
 
     def condition_size(self, image) -> tuple[int, int]:
         """(width, height) the input image is resized to, as the stock pipeline computes it."""
-        width, height, _ = calculate_dimensions(self.condition_area, image.size[0] / image.size[1])
-        return width, height
+        return calculate_dimensions(self.condition_area, image.size[0] / image.size[1])
 
     def _resized(self, pipe, image):
         width, height = self.condition_size(image)
@@ -82,5 +93,7 @@ class QwenImageEditFamily(QwenImageFamily):
 
     def velocity(self, transformer, state: LatentState, latents, timestep, cond: Conditioning) -> torch.Tensor:
         """The input image's tokens ride along after the noisy ones; only the noisy tokens' velocity is kept."""
+        import torch
+
         model_input = torch.cat([latents, state.extra["image_latents"]], dim=1)
         return super().velocity(transformer, state, model_input, timestep, cond)[:, : latents.size(1)]

@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 
+from .. import cli
+
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m glance_lite.plan",
         description="Predict per-stage GPU and RAM memory for a model and a hardware profile, offline, without weights.",
     )
@@ -27,25 +29,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..profiles import ProfileError
-    from . import PlanError, plan
+    from . import plan
 
     reason = None
-    try:
-        profile = args.profile
-        if profile == "auto":
-            from ..autoselect import select_profile
+    profile = args.profile
+    if profile == "auto":
+        from ..autoselect import select_profile
 
-            profile, reason = select_profile(args.model, args.height, args.width)
-        result = plan(
-            args.model, profile, args.height, args.width, lora_rank=args.lora_rank, text_tokens=args.text_tokens,
-            gpu_memory_gb=args.gpu_memory_gb, system_ram_gb=args.system_ram_gb, mode=args.mode, device=args.device,
-        )  # fmt: skip
-    except (PlanError, ProfileError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        profile, reason = select_profile(args.model, args.height, args.width)
+    result = plan(
+        args.model, profile, args.height, args.width, lora_rank=args.lora_rank, text_tokens=args.text_tokens,
+        gpu_memory_gb=args.gpu_memory_gb, system_ram_gb=args.system_ram_gb, mode=args.mode, device=args.device,
+    )  # fmt: skip
     if args.json:
         data = result.to_dict()
         if reason:

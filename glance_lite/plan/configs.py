@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
+
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 # Hub ids whose configs ship with the package (glance_lite/configs/<folder>/<component>_config.json).
 SHIPPED_MODELS = {
@@ -22,7 +24,7 @@ SHIPPED_MODELS = {
 _COMPONENT_NAMES = ("text_encoder", "text_encoder_2", "transformer", "vae")
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """The planner cannot describe this model (unknown id, missing configs) or these settings."""
 
 

@@ -7,15 +7,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from .. import cli
 
+
+@cli.command
 def main(argv=None) -> int:
-    import torch
-
-    parser = argparse.ArgumentParser(prog="python -m glance_lite.pocket", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="python -m glance_lite.pocket", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_all = sub.add_parser("train-all", help="train everything from scratch into DIR (resumes finished stages)")
     p_all.add_argument("--out", required=True)
@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     p_eval.add_argument("--renders", type=int, default=2, help="seeds per held-out prompt")
     p_eval.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    import torch
+
     torch.set_num_threads(args.threads)
 
     from . import build

@@ -1,0 +1,89 @@
+"""Start-up noise from the libraries glance_lite builds on, kept from the user; progress bars on or off in one place.
+
+Importing the stack prints lines that concern neither the images nor the training a user asked for. Each one is
+dropped by a filter on the logger that emits it (found in the installed sources), matched on its text, so every
+other message of that logger, and of every other library, still gets through:
+
+| logger | message | why it is not the user's business |
+|---|---|---|
+| torchao | Failed to load .../torchao/_C*.so | optional prebuilt kernels (mxfp8, sm_90 cutlass); torchao runs without them |
+| torch.utils._pytree | <enum ...> is an Enum subclass ... register_constant() ... deprecated | torchao's import calls a deprecated torch API |
+| diffusers.quantizers.torchao.torchao_quantizer | Unable to import `torchao` Tensor objects | concerns checkpoints saved with torchao tensors; glance_lite quantizes while loading |
+| bitsandbytes.backends.cpu.ops | Failed to load CPU gemm_4bit_forward from kernels-community | an optional CPU kernel package; bitsandbytes falls back to its own |
+| transformers.utils.import_utils | `...ImageProcessor` requires torchvision (not installed); falling back to `...Pil` | processors of pipeline parts glance_lite does not use (FLUX's IP-adapter encoder) |
+
+The filters are installed when `glance_lite` is imported (cheap: no library is imported here), so API users get the
+same quiet start as the command lines. Progress bars: `set_progress(False)` (the commands' `--no-progress`) turns off
+the hub's download bars and, once they are imported, diffusers' and transformers' "Loading ..." bars;
+`apply_progress()` is called again right before the manager loads anything, when those libraries exist.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+_NOISE: dict[str, re.Pattern] = {
+    "torchao": re.compile(r"^Failed to load .*torchao.*_C\w*.*\.so"),
+    "torch.utils._pytree": re.compile(r"is an Enum subclass and is now natively supported by torch\.compile"),
+    "diffusers.quantizers.torchao.torchao_quantizer": re.compile(r"^Unable to import `torchao` Tensor objects"),
+    "bitsandbytes.backends.cpu.ops": re.compile(r"^Failed to load CPU gemm_4bit_forward from kernels-community"),
+    "transformers.utils.import_utils": re.compile(r"requires torchvision \(not installed\); falling back to `\w+Pil`"),
+}
+
+
+class _DropNoise(logging.Filter):
+    def __init__(self, pattern: re.Pattern):
+        super().__init__()
+        self.pattern = pattern
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            return not self.pattern.search(record.getMessage())
+        except Exception:  # a record that cannot be formatted is not ours to judge
+            return True
+
+
+def install_noise_filters() -> None:
+    """Drop the start-up lines of the table in the module docstring (idempotent)."""
+    for name, pattern in _NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropNoise) for f in logger.filters):
+            logger.addFilter(_DropNoise(pattern))
+
+
+_progress = True
+
+
+def set_progress(enabled: bool) -> None:
+    """Show (default) or hide every progress bar a run draws through the libraries: hub downloads, diffusers'
+    "Loading pipeline components", transformers' "Loading weights". glance_lite's own bars follow `progress=`."""
+    global _progress
+    _progress = bool(enabled)
+    if not enabled:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub (and transformers) import
+    apply_progress()
+
+
+def progress_enabled() -> bool:
+    return _progress
+
+
+def apply_progress() -> None:
+    """Carry the setting to the libraries already imported (importing none: a refusal stays fast)."""
+    if _progress:
+        return
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "diffusers.utils.logging" in sys.modules:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+    if "transformers.utils.logging" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import InputFileError, UserError, read_text_file
+from .errors import InputFileError, UserError, os_error_reason, read_text_file
 
 SIZE_MULTIPLE = 16
 # Formats PIL writes an RGB image to with no extra package; the extension decides the format.
@@ -57,15 +57,22 @@ def read_prompts_file(path: str | Path, what: str = "--prompts-file") -> list[st
 
 
 def check_writable_folder(folder: str | Path, what: str) -> None:
-    """`folder` exists and can be written to, or can be created (its nearest existing parent is a writable folder)."""
+    """`folder` exists and can be written to, or can be created (its nearest existing parent is a writable folder).
+    Tried for real, with a temporary file removed at once: permissions, read-only mounts and full disks all show."""
+    import tempfile
+
     folder = Path(folder).expanduser()
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise OutputPathError(f"{what}: cannot create the folder {folder}, because {existing} is a file.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputPathError(f"{what}: cannot write in {existing} (permission denied); choose a folder you can write to.")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".glance_lite-write-check-", dir=existing)
+    except OSError as exc:
+        raise OutputPathError(f"{what}: cannot write in {existing} ({os_error_reason(exc)}); choose a folder you can write to.") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_output_file(path: str | Path, what: str = "--out", overwrite: bool = False, extensions: Sequence[str] = IMAGE_OUTPUT_EXTENSIONS) -> Path:

@@ -26,7 +26,7 @@ import functools
 import sys
 from pathlib import Path
 
-from .errors import ENVIRONMENT_ERRNOS, UserError, os_error_reason
+from .errors import ENVIRONMENT_ERRNOS, UserError, one_line, os_error_reason
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 EXIT_USER_ERROR = 2
@@ -42,6 +42,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def positive(kind=float):
+    """An argparse `type` for a number that must be more than 0 (a GPU size, a rank, a token count)."""
+
+    def parse(text: str):
+        value = kind(text)  # a ValueError here reads "invalid positive int value: 'x'"
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def _raised_in(exc: BaseException, roots: tuple[Path, ...]) -> bool:
@@ -74,7 +87,7 @@ def error_text(exc: BaseException) -> str:
     else:
         text = str(exc).strip() or type(exc).__name__
     if not isinstance(exc, UserError):
-        text = " ".join(line.strip() for line in text.splitlines() if line.strip())
+        text = one_line(text)
     return f"error: {text}"
 
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Sequence
 from PIL import Image, ImageOps
 
 from . import cli
-from .errors import UserError
+from .errors import UserError, existing_file
 
 if TYPE_CHECKING:  # torch, numpy and safetensors are imported where tensors are made: validation needs only PIL
     import torch
@@ -288,11 +288,7 @@ class ImageFileError(UserError, ValueError):
 def check_image_file(path: Path | str, what: str = "the input image") -> tuple[int, int]:
     """(width, height) of an image the user named, decoded fully; `ImageFileError` in one line if it is missing, a
     folder, or not a readable image."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        raise ImageFileError(f"{what} {path} is a folder; give the image file itself.")
-    if not path.exists():
-        raise ImageFileError(f"{what} {path} does not exist; check the path.")
+    path = existing_file(path, what, ImageFileError)
     try:
         return read_image_size(path)
     except _UNREADABLE_IMAGE_ERRORS as error:

@@ -30,14 +30,20 @@ def os_error_reason(exc: OSError) -> str:
     return reason[:1].lower() + reason[1:]
 
 
-def read_text_file(path: str | Path, what: str, error: type[Exception] = InputFileError) -> str:
-    """The UTF-8 text of a file the user named (`what`: e.g. '--prompts-file'), or `error` with one line saying why
-    not: it does not exist, is a folder, cannot be read, or is not UTF-8 text."""
+def existing_file(path: str | Path, what: str, error: type[Exception] = InputFileError) -> Path:
+    """The path of a file the user named (`what`: e.g. '--prompts-file'), or `error` saying it is a folder or missing."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise error(f"{what} {path} is a folder; give the file itself.")
     if not path.exists():
         raise error(f"{what} {path} does not exist; check the path.")
+    return path
+
+
+def read_text_file(path: str | Path, what: str, error: type[Exception] = InputFileError) -> str:
+    """The UTF-8 text of a file the user named, or `error` with one line saying why not: it does not exist, is a
+    folder, cannot be read, or is not UTF-8 text."""
+    path = existing_file(path, what, error)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -54,6 +60,15 @@ def read_text_file(path: str | Path, what: str, error: type[Exception] = InputFi
 def one_line(text: str) -> str:
     """A library's multi-line message (a YAML error with its context lines, ...) as one line."""
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
+def yaml_error_text(exc: Exception) -> str:
+    """PyYAML's error as 'expected the node content, but found '<stream end>' (line 2, column 1)': its problem and
+    where, without the context lines that point into "<unicode string>"."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if not problem:
+        return one_line(exc)
+    return problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
 
 
 # errno values that mean the machine, not the program, is in the way: the run cannot write (or read) there.

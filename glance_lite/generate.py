@@ -78,13 +78,19 @@ def _outputs(args, n: int) -> list[Path]:
 
 
 def _check_before_loading(args):
-    """What can be refused without a model (size, phase split, LoRA files, profile, input image); the split."""
+    """What can be refused without a model (size, steps, guidance, LoRA files, profile, input image); the split."""
+    import math
+
     from .checks import check_size
     from .lora import LoraSource, check_lora_file_header
     from .schedule import PhaseSplit
 
     check_size(args.height, args.width)
     split = PhaseSplit.parse(args.slow_steps, args.fast_steps) if (args.slow_steps or args.fast_steps) else None
+    if args.base_steps is not None and args.base_steps < 1:
+        raise cli.UsageError(f"--base-steps {args.base_steps}: the base model needs at least 1 step (e.g. --base-steps 50).")
+    if args.true_cfg_scale is not None and not math.isfinite(args.true_cfg_scale):
+        raise cli.UsageError(f"--true-cfg-scale {args.true_cfg_scale}: give a finite number (1 turns true CFG off).")
     for lora, weight_name in ((args.slow_lora, args.slow_weight_name), (args.fast_lora, args.fast_weight_name)):
         if lora is not None:
             check_lora_file_header(LoraSource(lora, weight_name).resolve())
@@ -96,7 +102,21 @@ def _check_before_loading(args):
         from .data import check_image_file
 
         check_image_file(args.image, "--image")
+    family = _family_of(args.model)
+    if family.needs_condition_image and args.image is None:
+        raise cli.UsageError(f"{args.model} is an image-editing model: pass the input image with --image PATH.")
+    if args.image is not None and not family.needs_condition_image:
+        raise cli.UsageError(f"--image is the input image of an image-editing model; {args.model} is a {family.name} model.")
     return split
+
+
+def _family_of(model: str):
+    """The model's family from its id or model_index.json, without building or loading it."""
+    from .families import family_by_name
+    from .models import resolve_model
+    from .tiny import family_name, is_tiny_model_id
+
+    return family_by_name(family_name(model)) if is_tiny_model_id(model) else resolve_model(model).family
 
 
 def _process_share(items: list) -> list[tuple[int, object]]:

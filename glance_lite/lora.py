@@ -36,6 +36,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,6 +344,8 @@ class LoraFile:
 def read_lora_layout(path: str | Path) -> LoraFile:
     """Read and check a LoRA file before anything heavy is imported; `LoraFileError` / `FileNotFoundError` say why not."""
     path = Path(path)
+    if path.is_dir():
+        raise LoraFileError(f"{path} is a folder; give the LoRA .safetensors file itself.")
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
     tensors, file_metadata = _read_safetensors(path)
@@ -412,10 +415,12 @@ def load_lora(transformer, family, source: LoraSource, adapter_name: str, compat
     tensors, file_metadata = _read_safetensors(path)
     check_lora_fits(tensors, transformer, family, str(source))
     lora = LoraFile.from_tensors(path, tensors, file_metadata)
-    if compat == "diffusers":
-        _load_as_diffusers(path, transformer, family, adapter_name)
-    else:
-        transformer.load_lora_adapter(peft_layers(tensors), prefix=None, adapter_name=adapter_name, metadata=lora.trained_config(family))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # the slow and fast adapters: intended
+        if compat == "diffusers":
+            _load_as_diffusers(path, transformer, family, adapter_name)
+        else:
+            transformer.load_lora_adapter(peft_layers(tensors), prefix=None, adapter_name=adapter_name, metadata=lora.trained_config(family))
     return _report(transformer, adapter_name, str(source), compat, lora.modules)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .errors import UserError, one_line, read_text_file
+from .errors import UserError, read_text_file, yaml_error_text
 from .pairings import QUANTIZATIONS, TRAINING_QUANTIZATIONS, placement_problem, training_problem
 
 # ---- vocabularies (the manager and the planner understand exactly these) ---------------------------------------
@@ -423,5 +423,5 @@ def _load_file(file, source: str) -> Profile:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ProfileError(f"{source}: not valid YAML: {one_line(exc)}") from None
+        raise ProfileError(f"{source}: not valid YAML: {yaml_error_text(exc)}.") from None
     return parse_profile(data, source)

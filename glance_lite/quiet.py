@@ -11,6 +11,7 @@ other message of that logger, and of every other library, still gets through:
 | diffusers.quantizers.torchao.torchao_quantizer | Unable to import `torchao` Tensor objects | concerns checkpoints saved with torchao tensors; glance_lite quantizes while loading |
 | bitsandbytes.backends.cpu.ops | Failed to load CPU gemm_4bit_forward from kernels-community | an optional CPU kernel package; bitsandbytes falls back to its own |
 | transformers.utils.import_utils | `...ImageProcessor` requires torchvision (not installed); falling back to `...Pil` | processors of pipeline parts glance_lite does not use (FLUX's IP-adapter encoder) |
+| (Python warning, FutureWarning) | `QuantoConfig` / `QuantoQuantizer` is deprecated and will be removed in version 1.0.0 | diffusers' notice to developers; glance_lite pins diffusers < 0.43 and says where quanto is used (`pairings.py`) |
 
 The filters are installed when `glance_lite` is imported (cheap: no library is imported here), so API users get the
 same quiet start as the command lines. Progress bars: `set_progress(False)` (the commands' `--no-progress`) turns off
@@ -24,6 +25,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 
 _NOISE: dict[str, re.Pattern] = {
     "torchao": re.compile(r"^Failed to load .*torchao.*_C\w*.*\.so"),
@@ -46,12 +48,17 @@ class _DropNoise(logging.Filter):
             return True
 
 
+_NOISY_WARNINGS = (r"`Quanto(Config|Quantizer)` is deprecated and will be removed in version 1\.0\.0",)
+
+
 def install_noise_filters() -> None:
     """Drop the start-up lines of the table in the module docstring (idempotent)."""
     for name, pattern in _NOISE.items():
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise(pattern))
+    for message in _NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
 
 
 _progress = True

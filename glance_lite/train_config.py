@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import InputFileError, one_line, read_text_file
+from .errors import InputFileError, read_text_file, yaml_error_text
 
 PHASES = ("slow", "fast")
 TIMESTEP_MODES = ("consistent", "reference")
@@ -163,7 +163,7 @@ def load_config_file(path: str | Path) -> "ConfigFile":
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigFileError(f"{path}: not valid YAML: {one_line(exc)}") from None
+        raise ConfigFileError(f"{path}: not valid YAML: {yaml_error_text(exc)}.") from None
     if not isinstance(data, dict):
         raise ConfigFileError(f"{path}: a training config must be a YAML mapping of key: value.")
     if any(key in _OFFICIAL_ONLY_KEYS for key in data):
@@ -193,9 +193,8 @@ def parse_set_options(items: list[str]) -> dict:
         try:
             out[key.strip()] = _yaml_number(yaml.safe_load(value))
         except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or one_line(exc)
             raise ValueError(
-                f"--set {item}: the value is not valid YAML ({problem}); write numbers and words as they are, "
+                f"--set {item}: the value is not valid YAML ({yaml_error_text(exc)}); write numbers and words as they are, "
                 "lists as [a, b], and put quotes around text holding [ ] { } or a colon."
             ) from None
     return out

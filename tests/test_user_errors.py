@@ -149,6 +149,8 @@ def test_the_api_raises_the_same_clear_errors(tmp_path):
 
 # ---- more of what a new user tries --------------------------------------------------------------------------------
 def test_more_mistakes_get_the_same_one_line_answer(tmp_path, capsys):
+    from glance_lite.lora import main as lora_main
+
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.png").write_bytes(b"the user's own picture")
@@ -160,10 +162,16 @@ def test_more_mistakes_get_the_same_one_line_answer(tmp_path, capsys):
         (generate_main, ["--prompt", "a", "--prompt", "b", "--out-dir", str(tmp_path / "cat.txt")], "--out-dir"),
         (generate_main, generate_args(tmp_path, "--image", str(tmp_path / "cat.txt")), "cat.txt is not a readable image"),
         (generate_main, generate_args(tmp_path, "--fast-steps", "30,20"), "strictly increasing"),
+        (generate_main, generate_args(tmp_path, "--base-steps", "0"), "--base-steps 0: the base model needs at least 1 step"),
+        (generate_main, generate_args(tmp_path, "--true-cfg-scale", "nan"), "--true-cfg-scale nan: give a finite number"),
+        (generate_main, generate_args(tmp_path, "--model", "tiny/qwen-image-edit", "--out", str(tmp_path / "e.png")),
+         "tiny/qwen-image-edit is an image-editing model: pass the input image with --image PATH"),
         (train_main, train_args(tmp_path, "--set", "steps=0"), "config steps = 0 must lie in [1, inf]"),
         (train_main, train_args(tmp_path, "--config", str(tmp_path / "cat.txt")), "a training config must be a YAML mapping"),
         (train_main, train_args(tmp_path, "--profile", "nope"), "Unknown profile 'nope'"),
         (plan_main, ["--height", "many"], "argument --height: invalid int value"),
+        (plan_main, ["--gpu-memory-gb", "-3"], "argument --gpu-memory-gb: must be more than 0, got -3"),
+        (lora_main, ["info", str(tmp_path)], "is a folder; give the LoRA .safetensors file itself"),
     ]
     if not torch.cuda.is_available():
         cases.append((generate_main, generate_args(tmp_path, "--profile", "4090", "--out", str(tmp_path / "b.png")), "runs on a CUDA GPU"))
@@ -320,10 +328,40 @@ def run_python(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO)
 
 
-def test_a_generate_run_prints_no_third_party_warning(tmp_path):
-    proc = run_python("-m", "glance_lite.generate", *generate_args(tmp_path))
+def test_a_generate_run_prints_no_third_party_warning(tmp_path, qwen_loras):
+    """A torchao profile with two LoRAs, run on the CPU: torch, torchao, bitsandbytes, peft, diffusers and transformers
+    all load, and stderr holds only glance_lite's own lines (what a CPU cannot emulate, what each LoRA applied)."""
+    slow, fast = qwen_loras
+    args = generate_args(tmp_path, "--profile", "4090", "--device", "cpu", "--slow-lora", str(slow), "--fast-lora", str(fast))
+    proc = run_python("-m", "glance_lite.generate", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr == "" and proc.stdout == f"wrote {tmp_path / 'out' / 'a.png'}\n"
+    assert proc.stdout == f"wrote {tmp_path / 'out' / 'a.png'}\n"
+    assert [line.split(":")[0] for line in proc.stderr.splitlines()] == ["--device cpu", "slow", "fast"], proc.stderr
+
+
+def test_each_start_up_line_dropped_is_only_that_line():
+    """The libraries' own loggers, with their own words (glance_lite.quiet); any other line of theirs gets through."""
+    import logging
+
+    noise = {
+        "torchao": "Failed to load /site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: Could not load this library",
+        "torch.utils._pytree": "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile as an opaque value type.",
+        "diffusers.quantizers.torchao.torchao_quantizer": "Unable to import `torchao` Tensor objects. This may affect loading checkpoints",
+        "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'.",
+        "transformers.utils.import_utils": "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`",
+    }
+    for name, message in noise.items():
+        logger = logging.getLogger(name)
+        seen = []
+        handler = logging.Handler()
+        handler.emit = lambda record: seen.append(record.getMessage())
+        logger.addHandler(handler)
+        try:
+            logger.warning(message)
+            logger.warning("a warning the user should see")
+        finally:
+            logger.removeHandler(handler)
+        assert seen == ["a warning the user should see"], name
 
 
 REFUSALS = {

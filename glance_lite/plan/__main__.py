@@ -18,10 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", default="auto", help="built-in profile name, path to a YAML file, or auto")
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--lora-rank", type=int, default=None, help="default: the family's training rank")
-    parser.add_argument("--text-tokens", type=int, default=None, help="prompt tokens at generation")
-    parser.add_argument("--gpu-memory-gb", type=float, default=None, help="plan against this GPU size instead")
-    parser.add_argument("--system-ram-gb", type=float, default=None, help="plan against this much RAM instead")
+    parser.add_argument("--lora-rank", type=cli.positive(int), default=None, help="default: the family's training rank")
+    parser.add_argument("--text-tokens", type=cli.positive(int), default=None, help="prompt tokens at generation")
+    parser.add_argument("--gpu-memory-gb", type=cli.positive(float), default=None, help="plan against this GPU size instead")
+    parser.add_argument("--system-ram-gb", type=cli.positive(float), default=None, help="plan against this much RAM instead")
     parser.add_argument("--mode", default="consistent", choices=("consistent", "reference"), help="phase schedule")
     parser.add_argument("--device", choices=("cpu",), default=None, help="plan the profile's choices run on the CPU")
     parser.add_argument("--json", action="store_true", help="print every number as JSON")
@@ -32,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
 @cli.command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..checks import check_size
     from . import plan
 
+    check_size(args.height, args.width)  # before `--profile auto` imports torch to look for GPUs
     reason = None
     profile = args.profile
     if profile == "auto":

@@ -37,7 +37,7 @@ setup(
     extras_require={
         # The browser tests drive Debian's chromium + chromedriver through Selenium (no browser download).
         "test": ["pytest>=8", "selenium>=4.51,<5"],
-        # `python -m glance_lite.ui`; tested with gradio 6.31 (next to the pins in constraints.txt).
+        # `python -m glance_lite.ui`; tested with gradio 6.31 next to constraints.txt (it needs pillow<13: pip takes 12.3).
         "ui": ["gradio>=6.31,<7"],
         "xformers": ["xformers"],
     },

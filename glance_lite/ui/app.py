@@ -54,8 +54,7 @@ class GlanceApp:
         with gr.Blocks(title="glance_lite") as page:
             gr.Markdown("# glance_lite\nGlance (slow + fast LoRA) sampling, comparison and training. "
                         "Runs offline on the embedded pocket model (64x64 shapes).")  # fmt: skip
-            f = self._settings_panel()
-            self.fields = f
+            self.fields = self._settings_panel()
             with gr.Tabs():
                 with gr.Tab("Generate", id="generate"):
                     self.gen = self._generate_tab()

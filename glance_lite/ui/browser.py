@@ -1,13 +1,14 @@
 """The UI served on a free localhost port and driven by a real headless Chromium: for the tests and the screenshots.
 
-Uses Debian's `chromium` and `chromedriver` (`apt-get install chromium chromium-driver`) through Selenium, pointed
-at those binaries, so nothing is downloaded. `serve()` starts `python -m glance_lite.ui` as its own process (the
-command a user runs) from this checkout; `Page` types, clicks and waits the way a person would.
+Uses Debian's `chromium` and `chromedriver` (`apt-get install chromium chromium-driver`) through Selenium (the
+`test` extra), pointed at those binaries, so nothing is downloaded. `serve()` starts `python -m glance_lite.ui` as
+its own process (the command a user runs) from this checkout; `Page` types, clicks and waits the way a person would.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -16,6 +17,14 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 DRIVER_NAMES = ("chromedriver",)
@@ -84,11 +93,8 @@ def _wait_until_up(server: subprocess.Popen, url: str, timeout: float, log: Path
     raise TimeoutError(f"The UI server did not answer {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def chromium(downloads: Path | None = None, width: int = 1280, height: int = 1800):
+def chromium(downloads: Path | None = None, width: int = 1280, height: int = 1800) -> webdriver.Chrome:
     """A headless Chromium (Debian's binary and driver) under Selenium; files it downloads go to `downloads`."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     options = webdriver.ChromeOptions()
     options.binary_location = _which(CHROMIUM_NAMES)
     if downloads is not None:
@@ -98,43 +104,54 @@ def chromium(downloads: Path | None = None, width: int = 1280, height: int = 180
     return webdriver.Chrome(service=Service(_which(DRIVER_NAMES)), options=options)
 
 
+def _again_if_redrawn(action):
+    """Retry a page action whose element was redrawn meanwhile (Gradio re-renders a component it updates)."""
+
+    def retried(self, *args, **kwargs):
+        for attempt in range(3):
+            try:
+                return action(self, *args, **kwargs)
+            except StaleElementReferenceException:
+                if attempt == 2:
+                    raise
+                time.sleep(0.2)
+
+    return retried
+
+
 class Page:
     """The UI page in a browser, addressed by the elem_ids `app.py` gives its components."""
 
-    def __init__(self, driver, url: str, timeout: float = 60.0):
-        from selenium.webdriver.support.ui import WebDriverWait
-
+    def __init__(self, driver: webdriver.Chrome, url: str, timeout: float = 60.0):
         self.driver, self.url, self.timeout = driver, url, timeout
-        self._wait = WebDriverWait
         driver.get(url)
         self.element("prompt")
 
+    def _until(self, condition, timeout: float | None = None):
+        return WebDriverWait(self.driver, timeout or self.timeout, poll_frequency=0.1).until(condition)
+
+    def _reveal(self, element):
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+        return element
+
     def element(self, elem_id: str, css: str = "", timeout: float | None = None):
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions as ec
+        """The element with this elem_id, or the elements matching `css` (comma-separated) inside it."""
+        selector = ", ".join(f"#{elem_id} {part.strip()}" for part in css.split(",")) if css else f"#{elem_id}"
+        return self._until(ec.presence_of_element_located((By.CSS_SELECTOR, selector)), timeout)
 
-        selector = ", ".join(f"#{elem_id} {part.strip()}".strip() for part in css.split(",")) if css else f"#{elem_id}"
-        locator = (By.CSS_SELECTOR, selector)
-        return self._wait(self.driver, timeout or self.timeout).until(ec.presence_of_element_located(locator))
-
+    @_again_if_redrawn
     def fill(self, elem_id: str, value) -> None:
         """Replace the text of a textbox or number field, as typing would."""
-        from selenium.webdriver.common.keys import Keys
-
-        field = self.element(elem_id, "textarea, input")
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", field)
+        field = self._reveal(self.element(elem_id, "textarea, input"))
         field.send_keys(Keys.CONTROL, "a")
         field.send_keys(Keys.DELETE)
         field.send_keys(str(value))
         self.driver.execute_script("arguments[0].blur();", field)  # number fields commit their value on blur
 
+    @_again_if_redrawn
     def pick(self, elem_id: str, value: str) -> None:
         """Choose `value` in a dropdown: type it, then click the matching option (or confirm a custom value)."""
-        from selenium.webdriver.common.by import By
-        from selenium.webdriver.common.keys import Keys
-
-        field = self.element(elem_id, "input")
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", field)
+        field = self._reveal(self.element(elem_id, "input"))
         field.click()
         field.send_keys(Keys.CONTROL, "a")
         field.send_keys(Keys.DELETE)
@@ -146,28 +163,22 @@ class Page:
             field.send_keys(Keys.ENTER)
         self.driver.execute_script("arguments[0].blur();", field)
 
+    @_again_if_redrawn
     def choose(self, elem_id: str, label: str) -> None:
         """Click the radio button labelled `label`."""
-        from selenium.webdriver.common.by import By
+        options = self.element(elem_id).find_elements(By.CSS_SELECTOR, "label")
+        self._reveal(next(e for e in options if e.text.strip() == label)).click()
 
-        group = self.element(elem_id)
-        option = next(e for e in group.find_elements(By.CSS_SELECTOR, "label") if e.text.strip() == label)
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", option)
-        option.click()
-
+    @_again_if_redrawn
     def click(self, elem_id: str, css: str = "") -> None:
-        button = self.element(elem_id, css)
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
-        button.click()
+        self._reveal(self.element(elem_id, css)).click()
 
     def tab(self, tab_id: str) -> None:
         """Switch to the tab with this id (generate, compare, train)."""
-        self.driver.find_element("css selector", f'button[role="tab"][data-tab-id="{tab_id}"]').click()
+        self.driver.find_element(By.CSS_SELECTOR, f'button[role="tab"][data-tab-id="{tab_id}"]').click()
 
     def open_settings(self, opened: bool = True) -> None:
         """Open (or close) the 'Sampler and LoRAs' accordion, closed when the page loads."""
-        from selenium.webdriver.common.by import By
-
         if bool(self.driver.find_elements(By.CSS_SELECTOR, "#base-steps")) != opened:
             self.click("sampler-settings", "button.label-wrap")
         if opened:
@@ -178,26 +189,23 @@ class Page:
 
     def wait_for_text(self, elem_id: str, *needles: str, timeout: float | None = None) -> str:
         """Wait until the element's text contains any of `needles`; returns the text."""
-        self._wait(self.driver, timeout or self.timeout).until(lambda d: any(n in self.text(elem_id) for n in needles))
+        self._until(lambda d: any(n in self.text(elem_id) for n in needles), timeout)
         return self.text(elem_id)
 
     def wait_for_pattern(self, elem_id: str, pattern: str, timeout: float | None = None) -> str:
         """Wait until the element's text matches the regular expression `pattern`; returns the text."""
-        import re
-
-        self._wait(self.driver, timeout or self.timeout, poll_frequency=0.1).until(lambda d: re.search(pattern, self.text(elem_id)))
+        self._until(lambda d: re.search(pattern, self.text(elem_id)), timeout)
         return self.text(elem_id)
 
     def wait_for_image(self, elem_id: str, other_than: str | None = None, timeout: float | None = None) -> str:
         """Wait for the image component to show a picture (a different one than `other_than`); returns its URL."""
-        from selenium.webdriver.common.by import By
 
         def src(driver):
             images = driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} img")
             url = images[0].get_attribute("src") if images else None
             return url if url and url != other_than else False
 
-        return self._wait(self.driver, timeout or self.timeout).until(src)
+        return self._until(src, timeout)
 
     def download_by_click(self, elem_id: str, folder: Path, timeout: float | None = None) -> Path:
         """Click a download button and wait for the file it saves into `folder` (the browser's download folder)."""
@@ -208,7 +216,7 @@ class Page:
             return done[0] if done else False
 
         self.click(elem_id)
-        return self._wait(self.driver, timeout or self.timeout).until(new_file)
+        return self._until(new_file, timeout)
 
     def download(self, url: str) -> bytes:
         with urllib.request.urlopen(url, timeout=30) as response:

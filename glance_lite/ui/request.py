@@ -122,7 +122,6 @@ def _adapters(fields: dict, runs_folder: Path) -> tuple[str | None, str | None, 
     if choice.startswith(RUN_PREFIX):
         from .training import trained_run
 
-        run = trained_run(runs_folder, choice.removeprefix(RUN_PREFIX))
-        return (str(run.adapters["slow"]) if "slow" in run.adapters else None,
-                str(run.adapters["fast"]) if "fast" in run.adapters else None, False)  # fmt: skip
+        adapters = {phase: str(path) for phase, path in trained_run(runs_folder, choice.removeprefix(RUN_PREFIX)).adapters.items()}
+        return adapters.get("slow"), adapters.get("fast"), False
     raise ValueError(f"Unknown LoRA choice {choice!r}.")

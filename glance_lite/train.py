@@ -366,6 +366,12 @@ def _make_accelerator(profile, device: str | None = None):
     # Frozen buffers are identical on every rank; not broadcasting them also lets block streaming swap them. Some
     # adapted layers never reach the loss (e.g. the last block's text-stream MLP in Qwen-Image): DDP must expect that.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=True)
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        # accelerate keeps its precision for the life of the process; a second train() with another profile (the API
+        # called twice, a notebook) would be refused. One process alone owns that state, so it is set afresh.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
     return Accelerator(cpu=on_cpu, mixed_precision=profile.training.mixed_precision, kwargs_handlers=[ddp])
 
 

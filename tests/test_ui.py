@@ -124,7 +124,7 @@ def test_compare_renders_glance_and_the_base_from_the_same_noise_side_by_side(pa
     assert re.search(r"transformer calls\s+20\s+20", table)  # 10 steps x 2 CFG passes each
     grid = page.download_by_click("cmp-download", downloads)
     assert Image.open(grid).width > Image.open(grid).height
-    assert set(read_png_settings(grid)["compare"]) == {"glance", "base"}
+    assert set(read_png_settings(grid)["panels"]) == {"glance", "base"}  # the sheet names how each half was made
 
 
 def test_a_cancelled_generation_frees_the_worker_for_the_next_user_who_waited_its_turn(page, server, driver):

@@ -37,21 +37,6 @@ class Comparison:
     grid: Path
 
 
-def settings_of(request: GenerationRequest, loaded: LoadedModel, result, base_steps: int | None) -> dict:
-    """The PNG settings of one image: what a later run needs to make it again (see glance_lite.png_settings)."""
-    glance = loaded.glance
-    split = None if base_steps else (request.split or glance.split)
-    scale = glance.family.default_true_cfg_scale if request.true_cfg_scale is None else request.true_cfg_scale
-    return {
-        "prompt": request.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
-        "height": request.height, "width": request.width, "model": request.model,
-        "loras": [] if base_steps else loaded.loras,
-        "split": None if split is None else {"slow": list(split.slow), "fast": list(split.fast)},
-        "mode": result.plan.mode, "profile": glance.profile.name, "true_cfg_scale": scale, "base_steps": base_steps,
-        "lora_compat": request.lora_compat,
-    }  # fmt: skip
-
-
 def glance_label(loaded: LoadedModel) -> str:
     """What a Glance run is: with adapters, or only the Glance schedule (a model without LoRAs, e.g. the pocket one)."""
     return "Glance" if loaded.loras else "Glance schedule, no LoRAs"
@@ -61,7 +46,7 @@ def _render(cache: ModelCache, loaded: LoadedModel, request: GenerationRequest, 
     started = time.perf_counter()
     result = cache.generate(loaded, request, job, label, base_steps)
     seconds = time.perf_counter() - started
-    settings = settings_of(request, loaded, result, base_steps)
+    settings = result.settings[0]  # the library's own record, the same the CLI writes (generate --from-png reads it)
     name = f"{time.strftime('%Y%m%d-%H%M%S')}-{job.id:04d}-{'base' if base_steps else 'glance'}-seed{request.seed}.png"
     path = save_png(result.image, folder / name, settings)
     return Rendered(label, path, result, settings, job.progress.transformer_calls, seconds)
@@ -83,8 +68,6 @@ def compare_job(cache: ModelCache, request: GenerationRequest, profile, folder: 
     """The worker's part of a Compare click: Glance, then the base with `request.base_steps`, from the same noise."""
 
     def run(job: Job) -> Comparison:
-        from PIL import Image
-
         from ..demo import psnr, side_by_side
 
         loaded = cache.get(request, profile)
@@ -92,9 +75,8 @@ def compare_job(cache: ModelCache, request: GenerationRequest, profile, folder: 
         base = _render(cache, loaded, request, job, f"base model, {request.base_steps} steps", folder, request.base_steps)
         distance = psnr(glance.result.image, base.result.image)
         panels = [[(f"{r.label}\n{r.transformer_calls} transformer calls", r.result.image) for r in (glance, base)]]
-        grid = side_by_side(panels, base.path.with_name(base.path.stem.replace("-base", "-compare") + ".png"))
-        with Image.open(grid) as sheet:
-            save_png(sheet.copy(), grid, {"compare": {"glance": glance.settings, "base": base.settings}, "psnr_db": distance})
+        grid_path = base.path.with_name(base.path.stem.replace("-base", "-compare") + ".png")
+        grid = side_by_side(panels, grid_path, settings={"panels": {"glance": glance.settings, "base": base.settings}, "psnr_db": distance})
         return Comparison(glance, base, distance, grid)
 
     return run

@@ -1,8 +1,8 @@
 """The UI's calls into glance_lite whose home may move, and what the page says when something fails.
 
-The planner is being turned into a package and `select_profile` is moving out of `profiles.py`: the UI reaches
-them only through `choose_profile` and `memory_plan` below, so that change touches this file alone. A planner that
-fails (today it cannot plan `pocket/qwen-image`) means "plan unavailable" on the page, never a refused generation.
+The UI reaches the planner and the auto profile choice only through `choose_profile` and `memory_plan` below. A
+planner that fails (a model whose configs it cannot read) means "plan unavailable" on the page, never a refused
+generation.
 Everything else is called where it is used: `api.load`, `Glance.generate`, `train.train`, `demo.psnr`.
 """
 
@@ -50,7 +50,8 @@ class ProfileChoice:
 
 def choose_profile(name: str | None, model: str, height: int, width: int) -> ProfileChoice:
     """The profile named on the page, or for `auto` the one the selector picks, with its reason."""
-    from ..profiles import load_profile, select_profile
+    from ..autoselect import select_profile
+    from ..profiles import load_profile
 
     if name in (None, "", "auto"):
         try:
@@ -84,7 +85,7 @@ def memory_plan(model: str, profile, height: int, width: int) -> PlanOutcome:
 
         prediction = plan(model, profile, height, width)
         leaner = None if prediction.fits else prediction.leaner_profile_hint()
-    except Exception as exc:  # the planner is being reworked: whatever it raises, generation goes on without it
+    except Exception as exc:  # whatever the planner raises, generation goes on without it
         if not isinstance(exc, USER_ERRORS):
             logger.warning("The memory planner failed:\n%s", "".join(traceback.format_exception(exc)))
         return PlanOutcome(unavailable=str(exc) or type(exc).__name__)

@@ -17,9 +17,7 @@ import gc
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..data import file_digest
 from .request import GenerationRequest
 from .worker import Job
 
@@ -68,7 +66,7 @@ class ModelCache:
             use_official_loras=request.use_official_loras, height=request.height, width=request.width,
         )  # fmt: skip
         glance.manager.on_load("transformer", self._watch)
-        loras = [{"phase": phase, "name": _lora_name(src), "sha256": file_digest(src.resolve())} for phase, src in glance.loras.items()]
+        loras = glance.lora_files()
         while len(self._models) >= self.capacity:
             self._release(next(iter(self._models)))
         with self._lock:
@@ -121,8 +119,3 @@ class ModelCache:
             timestep = kwargs.get("timestep")
             job.progress.count_call(None if timestep is None else float(timestep.flatten()[0]))
         return None
-
-
-def _lora_name(source) -> str:
-    """A LoRA as the PNG settings name it: the file name of a local file, `repo::file` for a hub file."""
-    return str(source) if source.weight_name else Path(source.location).name

@@ -39,8 +39,6 @@ from glance_lite.profiles import list_profiles, load_profile  # noqa: E402
 GiB = 2**30
 SIZE = 1024
 MODELS = ("Qwen/Qwen-Image", "black-forest-labs/FLUX.1-dev")
-# The shipped FLUX.1-dev VAE config omits `sample_size`; diffusers then tiles at 32 px. The hub config says 1024.
-VAE_OVERRIDES = {"black-forest-labs/FLUX.1-dev": {"sample_size": 1024}}
 
 
 class Model:
@@ -50,7 +48,6 @@ class Model:
         self.id = model_id
         self.configs = planner.model_configs(model_id)
         self.family = family_for_pipeline_class(self.configs.pipeline_class)
-        self.shapes = planner.FAMILY_SHAPES[self.family.name]
 
     def config(self, name: str) -> dict:
         return json.loads(self.configs.component(name).config_json)
@@ -64,7 +61,7 @@ class Model:
 
     def text_tokens(self, name: str, tokens: int) -> int:
         """CLIP sees at most its 77 positions whatever the prompt length."""
-        return min(tokens, self.config(name).get("max_position_embeddings", tokens))
+        return planner.activations.text_encoder_tokens(self.inventory(name), tokens)
 
 
 _CACHE: dict[tuple, gm.StageSimulation] = {}
@@ -84,7 +81,7 @@ def simulated(kind: str, model: Model, **kwargs) -> gm.StageSimulation:
             name = kwargs.pop("component")
             _CACHE[key] = gm.simulate_text_encoder(model.config(name), **kwargs)
         elif kind == "vae":
-            _CACHE[key] = gm.simulate_vae_decode(model.config("vae"), **kwargs, **VAE_OVERRIDES.get(model.id, {}))
+            _CACHE[key] = gm.simulate_vae_decode(model.config("vae"), **kwargs)
         print(f"  simulated {kind} {model.id} {kwargs}: {_CACHE[key].peak_bytes / GiB:.3f} GiB in "
               f"{_CACHE[key].seconds:.1f} s", file=sys.stderr)  # fmt: skip
     return _CACHE[key]
@@ -102,7 +99,7 @@ def measurements() -> list[dict]:
     for model in map(Model, MODELS):
         inv = model.inventory("transformer")
         qwen = model.family.name == "qwen-image"
-        text = model.shapes.generate_text_tokens
+        text = model.family.generate_text_tokens
         cases = [(1, "bfloat16", False, "fused"), (2, "bfloat16", False, "fused")]
         if qwen:
             cases += [(2, "bfloat16", True, "fused"), (2, "bfloat16", True, gm.AttentionPolicy(materialize_mask_bias=True))]
@@ -112,19 +109,19 @@ def measurements() -> list[dict]:
         for batch, dtype, mask, attention in cases:
             sim = simulated("forward", model, batch=batch, height=SIZE, width=SIZE, text_tokens=text, dtype=dtype,
                             padding_mask=mask, attention=attention)  # fmt: skip
-            formula = planner.transformer_inference_activations(
-                inv, planner.Tokens(image, text), batch, dtype, model.shapes.mlp_ratio, attention_mask=mask
-            )
+            formula = planner.activations.transformer_inference_activations(inv, planner.Tokens(image, text), batch, dtype,
+                                                                            model.family.mlp_ratio)  # fmt: skip
             label = attention if isinstance(attention, str) else "fused, full mask bias (older torch)"
             rows.append(_row(f"{model.id} transformer forward, batch {batch}, {dtype}, mask {mask}, {label}", sim, formula))
 
-        train_text = model.shapes.train_text_tokens
+        train_text = model.family.train_text_tokens
         sim = simulated("train", model, height=SIZE, width=SIZE, text_tokens=train_text)
-        formula = planner.transformer_training_activations(inv, planner.Tokens(image, train_text), 1, "bfloat16",
-                                                           model.shapes.mlp_ratio, True)  # fmt: skip
+        formula = planner.activations.transformer_training_activations(inv, planner.Tokens(image, train_text), 1,
+                                                                       "bfloat16", model.family.mlp_ratio, True)  # fmt: skip
         rank, optimizer = model.family.recipe.rank, model.family.recipe.optimizer
         lora = planner.lora_param_count(inv, model.family.lora_target_modules, rank)
-        trainable_formula = lora * (planner.LORA_TRAIN_PARAM_BYTES + planner.LORA_GRAD_BYTES + planner.OPTIMIZER_STATE_BYTES[optimizer])
+        trainable_formula = lora * (planner.activations.LORA_TRAIN_PARAM_BYTES + planner.activations.LORA_GRAD_BYTES
+                                    + planner.activations.OPTIMIZER_STATE_BYTES[optimizer])  # fmt: skip
         rows.append(_row(
             f"{model.id} training step, rank {rank}, {train_text} text tokens, bf16 base, checkpointing, {optimizer}",
             sim, formula, forward_peak=sim.forward_peak_bytes, kept_for_backward=sim.kept_for_backward_bytes,
@@ -140,66 +137,28 @@ def measurements() -> list[dict]:
         for name in model.text_encoders:
             tokens = model.text_tokens(name, text)
             sim = simulated("text", model, component=name, tokens=tokens, dtype="bfloat16")
-            formula = planner.text_encoder_activations(model.inventory(name), text, "bfloat16")
+            formula = planner.activations.text_encoder_activations(model.inventory(name), tokens, "bfloat16",
+                                                                   model.family.text_encoder_hidden_states)  # fmt: skip
             rows.append(_row(f"{model.id} {name} ({sim.notes[0].split(',')[0]}), {tokens} tokens, bf16 "
                              f"(formula at the plan's {text})", sim, formula))  # fmt: skip
         for tiled in (False, True):
             for dtype in ("bfloat16", "float32"):
                 sim = simulated("vae", model, height=SIZE, width=SIZE, dtype=dtype, tiled=tiled)
-                formula = planner.vae_activations(model.inventory("vae"), SIZE, SIZE, dtype, tiled, "decode")
+                formula = planner.activations.vae_activations(model.inventory("vae"), SIZE, SIZE, dtype, tiled, "decode")
                 rows.append(_row(f"{model.id} VAE decode, {dtype}, tiled {tiled}", sim, formula))
     return rows
 
 
 # ==== section 2: per shipped profile ==============================================================================
-def _dequant(model: Model, name: str, quantization: str, dtype: str) -> int:
-    return gm.dequantize_temporary_bytes(gm.build_module(model.config(name), dtype), quantization, dtype)
-
-
 def profile_rows(model: Model, profile_name: str) -> list[dict]:
-    profile = load_profile(profile_name)
-    result = planner.plan(model.id, profile, SIZE, SIZE)
+    """`plan(simulate=True)`: every stage's formula beside its simulation under the profile's settings."""
+    result = planner.plan(model.id, load_profile(profile_name), SIZE, SIZE, simulate=True)
     rows = []
-
-    def add(stage: str, sims: list[tuple[gm.StageSimulation, int]], extra: dict | None = None):
-        planned = max(result.stages[stage].activations.values(), default=0)
-        worst = max(sims, key=lambda s: s[0].peak_bytes + s[1])
-        rows.append({"model": model.id, "profile": profile.name, "stage": stage, "plan": planned,
-                     "simulated": worst[0].peak_bytes, "dequant": worst[1], "seconds": round(sum(s.seconds for s, _ in sims), 1),
-                     "attention": worst[0].attention, **(extra or {})})  # fmt: skip
-
-    text = model.shapes.generate_text_tokens
-    sims = []
-    for name in model.text_encoders:
-        policy = profile.component(name)
-        sim = simulated("text", model, component=name, tokens=model.text_tokens(name, text), dtype=policy.dtype)
-        sims.append((sim, _dequant(model, name, policy.quantization, policy.dtype)))
-    add("text_encode", sims)
-
-    policy = profile.component("transformer")
-    batch = result.batch
-    mask = model.shapes.masked_batched_attention and batch > 1
-    attention = gm.AttentionPolicy(flash=(profile.min_compute_capability or 8.0) >= 8.0)
-    sim = simulated("forward", model, batch=batch, height=SIZE, width=SIZE, text_tokens=text, dtype=policy.dtype,
-                    padding_mask=mask, attention=attention)  # fmt: skip
-    add("slow_phase", [(sim, _dequant(model, "transformer", policy.quantization, policy.dtype))])
-
-    policy = profile.component("vae")
-    add("vae_decode", [(simulated("vae", model, height=SIZE, width=SIZE, dtype=policy.dtype, tiled=policy.tiling), 0)])
-
-    training = profile.training
-    settings = dict(height=SIZE, width=SIZE, text_tokens=model.shapes.train_text_tokens, dtype=training.dtype,
-                    optimizer=training.optimizer, attention=attention, mixed_precision=training.mixed_precision != "no",
-                    gradient_checkpointing=training.gradient_checkpointing)  # fmt: skip
-    sim = simulated("train", model, **settings)
-    fast = simulated("train_from_blocks", model, **settings)
-    inv = model.inventory("transformer")
-    lora = planner.lora_param_count(inv, model.family.lora_target_modules, model.family.recipe.rank)
-    trainable_plan = lora * (planner.LORA_TRAIN_PARAM_BYTES + planner.LORA_GRAD_BYTES + planner.OPTIMIZER_STATE_BYTES[training.optimizer])
-    add("train_step", [(sim, _dequant(model, "transformer", training.base_quantization, training.dtype))],
-        {"trainable_plan": trainable_plan, "trainable": sim.lora_weight_bytes + sim.lora_grad_bytes + sim.optimizer_state_bytes,
-         "optimizer_temporaries": max(sim.optimizer_step_bytes - sim.optimizer_state_bytes, 0),
-         "from_blocks": fast.peak_bytes, "from_blocks_seconds": round(fast.seconds, 1)})  # fmt: skip
+    for check in result.simulation:
+        terms = result.activation_terms[check.stage][check.component]
+        rows.append({"model": model.id, "profile": profile_name, "stage": check.stage, "component": check.component,
+                     "plan": check.formula_bytes, "simulated": check.simulated_bytes, "dequant": terms.dequant,
+                     "seconds": round(check.seconds, 1), "attention": check.attention})  # fmt: skip
     return rows
 
 
@@ -232,26 +191,11 @@ def markdown_measurements(rows: list[dict]) -> str:
 
 
 def markdown_profiles(rows: list[dict]) -> str:
-    lines = ["| model | profile | stage | plan activations GiB | simulated GiB | + dequant GiB | = sim total | plan / sim | sim s |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| model | profile | stage | component | formula GiB | simulated GiB | formula / sim | dequantizing temporary GiB "
+             "(both) | sim s |", "|---|---|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
     for r in rows:
-        total = r["simulated"] + r["dequant"]
-        lines.append(f"| {r['model'].split('/')[-1]} | {r['profile']} | {r['stage']} | {_gib(r['plan'])} | {_gib(r['simulated'])} "
-                     f"| {_gib(r['dequant'])} | {_gib(total)} | {_ratio(r['plan'], total)} | {r['seconds']} |")  # fmt: skip
-    lines += ["", "| model | profile | LoRA + grads + optimizer state: plan GiB | counted GiB | plan / counted "
-              "| optimizer step temporaries GiB | train_step from 2+4 blocks GiB (s) |", "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
-    for r in rows:
-        if r["stage"] == "train_step":
-            lines.append(f"| {r['model'].split('/')[-1]} | {r['profile']} | {_gib(r['trainable_plan'])} | {_gib(r['trainable'])} "
-                         f"| {_ratio(r['trainable_plan'], r['trainable'])} | {_gib(r['optimizer_temporaries'])} "
-                         f"| {_gib(r['from_blocks'])} ({r['from_blocks_seconds']}) |")  # fmt: skip
-    lines += ["", "| model | profile | simulation seconds, all stages (full training step) | with the training step from blocks |",
-              "|---|---|---:|---:|"]  # fmt: skip
-    for model, profile in dict.fromkeys((r["model"], r["profile"]) for r in rows):
-        mine = [r for r in rows if (r["model"], r["profile"]) == (model, profile)]
-        full = sum(r["seconds"] for r in mine)
-        fast = full - sum(r["seconds"] - r["from_blocks_seconds"] for r in mine if r["stage"] == "train_step")
-        lines.append(f"| {model.split('/')[-1]} | {profile} | {full:.0f} | {fast:.0f} |")
+        lines.append(f"| {r['model'].split('/')[-1]} | {r['profile']} | {r['stage']} | {r['component']} | {_gib(r['plan'])} "
+                     f"| {_gib(r['simulated'])} | {_ratio(r['plan'], r['simulated'])} | {_gib(r['dequant'])} | {r['seconds']} |")  # fmt: skip
     return "\n".join(lines)
 
 

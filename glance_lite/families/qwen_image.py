@@ -30,6 +30,7 @@ class QwenImageFamily(ModelFamily):
     generate_text_tokens = 128
     train_text_tokens = 1024
     masks_batched_prompts = True  # prompt and negative prompt differ in length
+    text_encoder_hidden_states = True  # encode_prompt reads the last of `output_hidden_states=True`
     # diffusers converts a Qwen-Image file with `.alpha` keys and prefixes every key with `transformer.` itself, so
     # `transformer.`-prefixed keys end up doubled and fail to load; `diffusion_model.` is stripped first.
     lora_key_prefix = "diffusion_model."

@@ -36,7 +36,10 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # The browser tests drive Debian's chromium + chromedriver through Selenium (no browser download).
+        "test": ["pytest>=8", "selenium>=4.51,<5"],
+        # `python -m glance_lite.ui`; tested with gradio 6.31 next to constraints.txt (it needs pillow<13: pip takes 12.3).
+        "ui": ["gradio>=6.31,<7"],
         "xformers": ["xformers"],
     },
 )

@@ -8,8 +8,9 @@ init, quantized and placed by the library's own manager, random rank-32 slow/fas
 GPU profile in turn, capped to the profile's card with `torch.cuda.set_per_process_memory_fraction`:
 
 - one Glance image (5 slow + 5 fast steps, true CFG) at --size, after one warm-up run: per-stage wall time and the
-  allocator's peak next to the planner's prediction for that stage (the planner's figure includes the CUDA context,
-  which `max_memory_allocated` does not see; both are shown) and the graph simulation's (`plan --simulate`);
+  allocator's peak next to the planner's prediction for that stage and the graph simulation's (`plan --simulate`:
+  the planned peak with the simulated live bytes in place of the formula's); both predictions include the CUDA
+  context, which `max_memory_allocated` does not see, so it is shown too;
 - streamed == resident: the first profile that streams blocks is run again with every block resident (uncapped),
   same seed; max |latent difference| and PSNR of the two pictures (garbage from streams was diffusers#12673);
 - one LoRA training step under the 4090 and 12gb caps (the profile's frozen-base storage, block streaming with the
@@ -97,17 +98,26 @@ def _generate(glance, args):
     return glance.generate(PROMPT, height=args.size, width=args.size, seed=args.seed, output_type="pil", progress=False)
 
 
-def _planned(arch, profile, args):
+def _planned(arch, profile, args, simulate: bool = False):
     from glance_lite.plan import plan
 
-    return plan(C.arch_configs(arch), profile, args.size, args.size, text_tokens=arch.prompt_tokens, device=args.device)
+    return plan(C.arch_configs(arch), profile, args.size, args.size, text_tokens=arch.prompt_tokens, device=args.device,
+                simulate=simulate)  # fmt: skip
+
+
+def _simulated_peak(mp, stage_name: str, device: str) -> int | None:
+    """The planned peak with the graph simulation's live bytes in place of the formula's (`plan --simulate`)."""
+    from glance_lite.plan.simulation import simulated_peak
+
+    stage = mp.stages.get(stage_name)
+    return None if stage is None or mp.simulation is None else simulated_peak(stage, mp.simulation, mp.activation_terms, device)
 
 
 def check_profile(name: str, arch, loras: dict, args) -> dict:
     from glance_lite.profiles import load_profile
 
     profile = load_profile(name)
-    mp = _planned(arch, profile, args)
+    mp = _planned(arch, profile, args, simulate=True)
     glance = _open(arch, profile, loras, args)
     device = glance.device
     cap = _cap(profile, device) if args.device is None else None
@@ -120,13 +130,15 @@ def check_profile(name: str, arch, loras: dict, args) -> dict:
         _uncap(device)
     stages = {}
     for record in result.stages:
-        planned = mp.stages.get({"denoise": "slow_phase"}.get(record.stage, record.stage))
+        plan_stage = {"denoise": "slow_phase"}.get(record.stage, record.stage)
+        planned = mp.stages.get(plan_stage)
         on = str(device) if device.type == "cuda" else "cpu"
         stages[record.stage] = {
             "seconds": record.seconds,
             "measured_peak_bytes": record.peak_bytes,
             "measured_reserved_bytes": record.reserved_bytes,
             "planned_peak_bytes": planned.peak(on) if planned else None,
+            "simulated_peak_bytes": _simulated_peak(mp, plan_stage, on),
             "planned_overhead_bytes": planned.overhead.get(on, 0) if planned else None,
         }
     out = {
@@ -166,7 +178,7 @@ def training_step(name: str, arch, args) -> dict:
     from glance_lite.train import add_training_adapters, hold_frozen_base
 
     profile = load_profile(name)
-    mp = _planned(arch, profile, args)
+    mp = _planned(arch, profile, args, simulate=True)
     where = placement(profile, "transformer", "train_step", device=args.device)
     device = torch.device(where.device)
     family = C.random_weight_source(arch, profile).family
@@ -217,6 +229,7 @@ def training_step(name: str, arch, args) -> dict:
     out = {
         "profile": name, "cap_gib": cap, "step_seconds": times[-1], "loss": loss.item(), "measured_peak_bytes": peak,
         "planned_peak_bytes": planned.peak(on), "planned_overhead_bytes": planned.overhead.get(on, 0),
+        "simulated_peak_bytes": _simulated_peak(mp, "train_step", on),
         "resident_blocks": len(mp.resident_blocks.get("train_step", ())), "planned_pcie_bytes_per_step": mp.pcie.per_train_step,
     }  # fmt: skip
     del transformer, optimizer
@@ -233,27 +246,30 @@ def markdown(report: dict) -> str:
     lines = [f"# GPU check ({report['device']['name']})", "", f"- command: `{report['command']}`",
              f"- date: {report['date']}; size {report['size']}x{report['size']}; transformer blocks: {report['blocks']}",
              "- planned peak includes the CUDA context (`overhead`); the allocator's peak does not", ""]  # fmt: skip
-    lines += ["| profile | cap GiB | stage | seconds | measured peak GiB | planned peak GiB | planned overhead GiB |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["| profile | cap GiB | stage | seconds | measured peak GiB | planned peak GiB | simulated peak GiB | planned overhead GiB |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for run in report["profiles"]:
         if "skipped" in run:
-            lines.append(f"| {run['profile']} | | skipped: {run['skipped']} | | | | |")
+            lines.append(f"| {run['profile']} | | skipped: {run['skipped']} | | | | | |")
             continue
         for stage, row in run["stages"].items():
             lines.append(f"| {run['profile']} | {run['cap_gib'] and round(run['cap_gib'], 1)} | {stage} | {row['seconds']:.2f} | "
-                         f"{_gib(row['measured_peak_bytes'])} | {_gib(row['planned_peak_bytes'])} | {_gib(row['planned_overhead_bytes'])} |")  # fmt: skip
-        lines.append(f"| {run['profile']} | | whole image | {run['seconds']:.2f} | | | resident blocks {run['resident_blocks']} of {run['blocks']} |")
+                         f"{_gib(row['measured_peak_bytes'])} | {_gib(row['planned_peak_bytes'])} | {_gib(row['simulated_peak_bytes'])} "
+                         f"| {_gib(row['planned_overhead_bytes'])} |")  # fmt: skip
+        lines.append(f"| {run['profile']} | | whole image | {run['seconds']:.2f} | | | | resident blocks {run['resident_blocks']} of {run['blocks']} |")
     if report.get("streamed_vs_resident"):
         check = report["streamed_vs_resident"]
         lines += ["", f"Streamed vs resident ({check['profile']}, same seed): max |latent difference| "
                       f"{check['max_abs_latent_difference']:.3g}, PSNR {check['psnr_db']:.1f} dB."]  # fmt: skip
-    lines += ["", "| training step | cap GiB | seconds | measured peak GiB | planned peak GiB | resident blocks | loss |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| training step | cap GiB | seconds | measured peak GiB | planned peak GiB | simulated peak GiB | resident blocks | loss |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for run in report["training"]:
         if "skipped" in run:
-            lines.append(f"| {run['profile']} | skipped: {run['skipped']} | | | | | |")
+            lines.append(f"| {run['profile']} | skipped: {run['skipped']} | | | | | | |")
             continue
         lines.append(f"| {run['profile']} | {run['cap_gib'] and round(run['cap_gib'], 1)} | {run['step_seconds']:.2f} | "
-                     f"{_gib(run['measured_peak_bytes'])} | {_gib(run['planned_peak_bytes'])} | {run['resident_blocks']} | {run['loss']:.4f} |")  # fmt: skip
+                     f"{_gib(run['measured_peak_bytes'])} | {_gib(run['planned_peak_bytes'])} | {_gib(run['simulated_peak_bytes'])} "
+                     f"| {run['resident_blocks']} | {run['loss']:.4f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 

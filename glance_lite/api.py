@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import __version__
 from .checks import SIZE_MULTIPLE, check_prompts, check_size
 from .lora import LoraCompat, LoraReport, LoraSource, check_lora_fits, load_lora, read_lora_file
 from .manager import ComponentManager, check_devices_exist
@@ -42,6 +43,8 @@ class GenerationResult:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     switch_seconds: dict[str, float] = field(default_factory=dict)
     lora_reports: list[LoraReport] = field(default_factory=list)
+    noise: list[torch.Tensor] = field(default_factory=list)  # the latents each image started from (pass as latents=)
+    settings: list[dict] = field(default_factory=list)  # per image, what made it (written into PNGs; --from-png)
 
     @property
     def image(self):
@@ -106,6 +109,7 @@ class Glance:
         self.lora_compat = lora_compat
         self.split = split
         self.lora_reports: list[LoraReport] = []
+        self._lora_files: list[dict] | None = None
         # benchmarks pass a manager that builds random weights
         self.manager = manager or ComponentManager(source, profile, device=device, rank=rank)
         self.manager.on_load("transformer", self._attach_adapters)
@@ -118,6 +122,12 @@ class Glance:
     @property
     def device(self) -> torch.device:
         return self.manager.device
+
+    def lora_files(self) -> list[dict]:
+        """The adapter files with their sha256 (computed once): part of what makes an image."""
+        if self._lora_files is None:
+            self._lora_files = [{"phase": phase, "source": str(src), **file_entry(src.resolve())} for phase, src in self.loras.items()]
+        return self._lora_files
 
     def plan(self, height: int, width: int, mode: str = "consistent", split: PhaseSplit | None = None, base_steps: int | None = None) -> PhasePlan:
         """The steps a `generate()` with these arguments will take (no model work)."""
@@ -145,17 +155,25 @@ class Glance:
         output_type: str = "pil",
         image=None,
         progress: bool = True,
+        latents=None,
+        generator_device: str = "cpu",
     ) -> GenerationResult:
         """Generate one image per prompt (prompt i uses seed + i). `base_steps=N` runs the plain base model.
 
         `mode` is "consistent" (the latent follows the schedule, lands on the clean image) or "reference"
         (reproduces the official Glance sampler). `image` is the input image for Qwen-Image-Edit models.
+        The starting noise is drawn from `seed` by a generator on `generator_device` ("cpu", the default, draws the
+        same noise on every machine; "cuda" draws what `torch.Generator("cuda").manual_seed(seed)` draws, as the
+        official inference script does, and needs a GPU), or given as `latents`: a tensor or a .pt / .safetensors
+        file in the pipeline's packed layout ([1, tokens, channels], what `result.noise` holds), one per prompt.
         """
         prompts = check_prompts(prompt)
         check_size(height, width, max(SIZE_MULTIPLE, self.family.vae_scale_factor(self.manager.pipe) * 2))
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}.")
         condition = _condition_image(image) if self.family.needs_condition_image else None
+        given = read_latents(latents, len(prompts)) if latents is not None else None
+        _check_generator_device(generator_device, self.device)
         scale = self.family.default_true_cfg_scale if true_cfg_scale is None else float(true_cfg_scale)
         plan = self.plan(height, width, mode, split, base_steps)
         adapters = {phase: (phase if phase in self.loras else None) for phase in plan.phases}
@@ -170,11 +188,21 @@ class Glance:
             uncond = _to(family.encode_prompt(pipe, negative_prompt, text_device, condition), device) if scale > 1 else None
 
         denoise_components = tuple(c for c in family.denoise_components if c in manager.components)
-        latents, phase_seconds, switch_seconds = [], {}, {}
+        latents, noise, settings, phase_seconds, switch_seconds = [], [], [], {}, {}
         with manager.stage("denoise", denoise_components) as pipe:
             for i, cond in enumerate(conds):
-                generator = torch.Generator("cpu").manual_seed(seed + i)
+                generator = torch.Generator(generator_device).manual_seed(seed + i)
                 state = family.prepare_latents(pipe, height, width, generator, cond["prompt_embeds"].dtype, device, condition)
+                if given is not None:
+                    state.latents = _given_latents(given[i], state.latents)
+                noise.append(state.latents.detach().cpu())
+                settings.append({
+                    "prompt": prompts[i], "negative_prompt": negative_prompt, "seed": seed + i, "height": height,
+                    "width": width, "mode": mode, "base_steps": base_steps, "true_cfg_scale": scale,
+                    "split": None if base_steps else {p: list(getattr(split or self.split, p)) for p in ("slow", "fast")},
+                    "generator_device": generator_device, "latents": "given" if given is not None else None,
+                    "image": file_entry(image) if isinstance(image, (str, Path)) else None, **self._model_settings(),
+                })  # fmt: skip
                 run = sample(
                     pipe.transformer, family, plan, state, cond, uncond, scale, adapters,
                     batch_cfg=bool(getattr(self.profile, "batch_cfg", False)),
@@ -191,8 +219,77 @@ class Glance:
                 for lat in latents:
                     images.extend(family.decode(pipe, lat, height, width, output_type=output_type))
         return GenerationResult(
-            images, latents, plan, manager.tracker.records[first_record:], phase_seconds, switch_seconds, self.lora_reports
+            images, latents, plan, manager.tracker.records[first_record:], phase_seconds, switch_seconds, self.lora_reports,
+            noise, settings,
         )
+
+    def _model_settings(self) -> dict:
+        """What a `load()` decided, as settings: model, profile, device, adapters."""
+        location = Path(self.source.model_id)
+        profile = self.profile.source
+        return {
+            "model": str(location.resolve()) if location.is_dir() else self.source.model_id,
+            "profile": self.profile.name if profile.startswith("profiles/") or not profile else str(Path(profile).resolve()),
+            "device": self.manager.device_override, "lora_compat": self.lora_compat, "loras": self.lora_files(),
+            "glance_lite_version": __version__,
+        }
+
+
+GENERATOR_DEVICES = ("cpu", "cuda")
+
+
+def _check_generator_device(generator_device: str, device: torch.device) -> None:
+    if generator_device not in GENERATOR_DEVICES:
+        raise ValueError(f"generator_device must be one of {', '.join(GENERATOR_DEVICES)}, got {generator_device!r}.")
+    if generator_device == "cuda" and (device.type != "cuda" or not torch.cuda.is_available()):
+        raise ValueError(
+            "generator_device='cuda' draws the noise the official script draws on a GPU, and this run has none. "
+            "On a CPU, pass that noise as latents= (a tensor or a .pt / .safetensors file) instead."
+        )
+
+
+def read_latents(latents, count: int) -> list[torch.Tensor]:
+    """Initial latents from a tensor or a .pt / .safetensors file (a single tensor, or one stored as "latents"):
+    one [1, tokens, channels] latent per prompt, or a batch [count, tokens, channels]."""
+    if isinstance(latents, (str, Path)):
+        path = Path(latents)
+        if not path.is_file():
+            raise FileNotFoundError(f"Latents file {path} does not exist.")
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                tensors = load_file(str(path))
+            else:
+                tensors = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # any unreadable file means the same thing to the user
+            raise ValueError(f"Cannot read latents from {path}: {exc}. Save a tensor with torch.save or safetensors.") from None
+        if isinstance(tensors, dict):
+            if "latents" not in tensors and len(tensors) != 1:
+                raise ValueError(f"{path} holds {len(tensors)} tensors and none is named 'latents'.")
+            tensors = tensors.get("latents", next(iter(tensors.values())))
+        latents = tensors
+    if not isinstance(latents, torch.Tensor) or latents.dim() != 3:
+        raise ValueError("latents must be a [batch, tokens, channels] tensor: the pipeline's packed layout (result.noise).")
+    if latents.shape[0] != count:
+        raise ValueError(f"latents hold {latents.shape[0]} starting points for {count} prompts: give one per prompt.")
+    return list(latents.split(1))
+
+
+def _given_latents(given: torch.Tensor, drawn: torch.Tensor) -> torch.Tensor:
+    if given.shape != drawn.shape:
+        raise ValueError(
+            f"latents have shape {tuple(given.shape)}, but this model at this size starts from {tuple(drawn.shape)} "
+            "(height and width decide the number of tokens)."
+        )
+    return given.to(drawn.device, drawn.dtype)
+
+
+def file_entry(path) -> dict:
+    """A file as settings record it: its absolute path and the sha256 of its bytes."""
+    from .data import file_digest
+
+    return {"name": str(Path(path).resolve()), "sha256": file_digest(Path(path))}
 
 
 def _to(cond: dict, device: torch.device) -> dict:

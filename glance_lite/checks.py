@@ -15,8 +15,8 @@ from pathlib import Path
 from .errors import InputFileError, UserError, os_error_reason, read_text_file
 
 SIZE_MULTIPLE = 16
-# Formats PIL writes an RGB image to with no extra package; the extension decides the format.
-IMAGE_OUTPUT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+# Images are written as PNG, with the settings that made them in a text chunk (`png_settings`).
+IMAGE_OUTPUT_EXTENSIONS = (".png",)
 
 
 class OutputPathError(UserError, ValueError):
@@ -76,8 +76,8 @@ def check_writable_folder(folder: str | Path, what: str) -> None:
 
 
 def check_output_file(path: str | Path, what: str = "--out", overwrite: bool = False, extensions: Sequence[str] = IMAGE_OUTPUT_EXTENSIONS) -> Path:
-    """A file to write: not a folder, one of `extensions` (default: an image format PIL writes), a writable folder,
-    and no existing file unless `overwrite`."""
+    """A file to write: not a folder, one of `extensions` (default: a PNG image), a writable folder, and no existing
+    file unless `overwrite`."""
     text = os.fspath(path)
     path = Path(text).expanduser()
     if text.endswith(("/", os.sep)) or path.is_dir():
@@ -85,7 +85,7 @@ def check_output_file(path: str | Path, what: str = "--out", overwrite: bool = F
     if path.suffix.lower() not in extensions:
         found = f"the extension '{path.suffix}'" if path.suffix else "no extension"
         choices = extensions[0] if len(extensions) == 1 else f"{', '.join(extensions[:-1])} or {extensions[-1]}"
-        why = " (the extension picks the image format)" if tuple(extensions) == IMAGE_OUTPUT_EXTENSIONS else ""
+        why = " (images are written as PNG, with the settings that made them inside)" if tuple(extensions) == IMAGE_OUTPUT_EXTENSIONS else ""
         raise OutputPathError(f"{what} {text} has {found}; use {choices}{why}.")
     if path.exists() and not overwrite:
         raise OutputPathError(f"{what} {text} already exists; pass --overwrite to replace it, or choose another name.")

@@ -11,7 +11,8 @@
 3. `glance_lite.load(...).generate` samples the caption with Glance (5 slow + 5 fast steps), with the base model
    (50 steps and 10 steps), all with true CFG, and once more with the Glance schedule but no LoRAs; then the same
    for a caption the pocket model never trained on (`pocket.world.HELD_OUT`), with the same adapters;
-4. side_by_side.png shows them side by side (row 1: the training caption, row 2: the unseen one), report.md what
+4. side_by_side.png shows them side by side (row 1: the training caption, row 2: the unseen one; images/ holds each
+   picture alone, with the settings that made it in its PNG text chunk), report.md what
    each part cost (time, transformer calls, memory) and how far each image is from the 50-step one.
 
 benchmarks/eval_pocket.py measures the same comparison over every held-out caption
@@ -101,8 +102,10 @@ class LatentPreview:
         return Image.fromarray(array).resize((size, size), Image.Resampling.NEAREST)
 
 
-def side_by_side(rows: list[list[tuple[str, Image.Image]]], path: Path, panel: int = 192) -> Path:
-    """A grid of labelled panels (one row per list), written as a PNG."""
+def side_by_side(rows: list[list[tuple[str, Image.Image]]], path: Path, panel: int = 192, settings: dict | None = None) -> Path:
+    """A grid of labelled panels (one row per list), written as a PNG (with `settings` in its text chunk)."""
+    from .png_settings import save_png
+
     label_height, pad = 34, 6
     columns = max(len(r) for r in rows)
     sheet = Image.new("RGB", (columns * (panel + pad) + pad, len(rows) * (panel + label_height + pad) + pad), "white")
@@ -114,9 +117,7 @@ def side_by_side(rows: list[list[tuple[str, Image.Image]]], path: Path, panel: i
             for i, line in enumerate(label.split("\n")[:2]):
                 draw.text((x, y + i * 15), line, fill="black", font=font)
             sheet.paste(image.convert("RGB").resize((panel, panel), Image.Resampling.NEAREST), (x, y + label_height))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
+    return save_png(sheet, path, settings or {})
 
 
 # ---- the demo ------------------------------------------------------------------------------------------------
@@ -141,6 +142,8 @@ def psnr(a, b) -> float:
 def run_demo(out: Path, profile: str = "cpu", quick: bool = False, progress: bool = True) -> DemoResult:
     """Train, generate, compare, report; see the module docstring."""
     import glance_lite
+
+    from .png_settings import save_png
     from .pocket import checker, world
     from .train import read_config_file, train
 
@@ -201,6 +204,9 @@ def run_demo(out: Path, profile: str = "cpu", quick: bool = False, progress: boo
         scene = world.Scene.parse(text)
         return f"{what}:\n{scene.colour} {scene.shape}/{scene.background}, {scene.position}"
 
+    for name in order:  # each generated picture on its own, with how it was made (python -m glance_lite.generate --from-png)
+        for row, result in (("train", runs[name]), ("unseen", unseen[name])):
+            save_png(result.image, out / "images" / f"{row}_{name}.png", result.settings[0])
     comparison = side_by_side(
         [
             [(caption_label(caption, "training picture"), demo_image(size))] + [(labels[n], runs[n].image) for n in order],
@@ -208,7 +214,9 @@ def run_demo(out: Path, profile: str = "cpu", quick: bool = False, progress: boo
             + [(f"{labels[n].splitlines()[0]}\nPSNR to base {fidelity['unseen'][n]:.1f} dB" if n != "base" else (labels[n].splitlines()[0] + "\n(reference)"), unseen[n].image) for n in order],
         ],
         out / "side_by_side.png",
-    )
+        settings={"sheet": "python -m glance_lite.demo", "panels": {name: run.settings[0] for name, run in
+                  [*((f"train_{n}", runs[n]) for n in order), *((f"unseen_{n}", unseen[n]) for n in order)]}},
+    )  # fmt: skip
     decoded_target = glance.family.decode(glance.manager.pipe, target.to(glance.device), height, width)[0]
     decoded_target.save(out / "training_latent_decoded.png")
     seconds["total"] = time.perf_counter() - started
@@ -313,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What a demo run writes into its folder; a folder holding anything else is the user's, and is not written into.
-DEMO_OUTPUTS = ("data", "train", "side_by_side.png", "training_latent_decoded.png", "report.md")
+DEMO_OUTPUTS = ("data", "train", "images", "side_by_side.png", "training_latent_decoded.png", "report.md")
 
 
 def check_demo_folder(out: Path) -> None:

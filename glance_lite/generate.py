@@ -5,8 +5,15 @@
     python -m glance_lite.generate --model Qwen/Qwen-Image --prompt "..." --base-steps 50 --out base.png
     accelerate launch -m glance_lite.generate --prompts-file prompts.txt --out-dir out/   # one process per GPU
 
+    python -m glance_lite.generate --from-png a.png --out again.png    # the same image again, from its settings
+
 Several prompts (repeated --prompt or --prompts-file) write out/000.png, 001.png, ... With `accelerate launch`
 each process takes every N-th prompt, so N GPUs generate N images at a time.
+
+Every PNG written carries how it was made (prompt, negative prompt, seed, size, model, LoRA files with their
+sha256, split, mode, profile, guidance, noise source) in a `glance_lite` text chunk (`glance_lite.png_settings`);
+`--from-png` reads it back, checks the LoRA and latents files are the same bytes, and generates again. Flags given
+beside `--from-png` win over the PNG's settings.
 """
 
 from __future__ import annotations
@@ -44,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slow-steps", help="slow-phase indices into the 50-step schedule, e.g. 0,2,4,6,8")
     p.add_argument("--fast-steps", help="fast-phase indices, e.g. 10,20,30,40,49")
     p.add_argument("--base-steps", type=int, help="run the plain base model for N steps instead of Glance")
+    p.add_argument("--latents", type=Path, help="starting noise: a .pt / .safetensors tensor in the pipeline's packed layout")
+    p.add_argument("--generator-device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the seeded noise is drawn: cpu (same on every machine) or cuda (as the official script; needs a GPU)")
+    p.add_argument("--from-png", type=Path, help="generate again with the settings stored in a PNG this command wrote")
     p.add_argument("--out", type=Path, help="output PNG (single prompt)")
     p.add_argument("--out-dir", type=Path, help="output folder (several prompts)")
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist already (refused otherwise)")
@@ -102,6 +113,10 @@ def _check_before_loading(args):
         from .data import check_image_file
 
         check_image_file(args.image, "--image")
+    if args.latents is not None:
+        from .errors import existing_file
+
+        existing_file(args.latents, "--latents")
     family = _family_of(args.model)
     if family.needs_condition_image and args.image is None:
         raise cli.UsageError(f"{args.model} is an image-editing model: pass the input image with --image PATH.")
@@ -135,19 +150,72 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
+# ---- what an image remembers ------------------------------------------------------------------------------------
+# Settings stored in the PNG that map one to one onto a command-line option.
+_PNG_OPTIONS = ("negative_prompt", "seed", "height", "width", "model", "profile", "device", "mode", "base_steps",
+                "true_cfg_scale", "lora_compat", "generator_device")  # fmt: skip
+
+
+def _apply_png_settings(args, parser) -> None:
+    """Fill every option the user left at its default from the PNG's settings (flags given beside it win)."""
+    from .errors import existing_file
+    from .png_settings import read_png_settings
+
+    settings = read_png_settings(existing_file(args.from_png, "--from-png"))
+    if not settings:
+        raise ValueError(f"{args.from_png} carries no glance_lite settings: only PNGs written by glance_lite can be regenerated.")
+    if "prompt" not in settings:
+        raise ValueError(f"{args.from_png} is a sheet of several pictures; regenerate one of its panels' PNGs instead.")
+    if not args.prompt and not args.prompts_file:
+        args.prompt = [settings["prompt"]]
+    for key in _PNG_OPTIONS:
+        if key in settings and getattr(args, key) == parser.get_default(key):
+            setattr(args, key, settings[key])
+    loras = {entry["phase"]: entry for entry in settings.get("loras", [])}
+    for phase, entry in loras.items():
+        if getattr(args, f"{phase}_lora") is None:
+            _same_bytes(entry, f"the {phase} LoRA")
+            setattr(args, f"{phase}_lora", entry["name"])
+    if not loras and args.slow_lora is None and args.fast_lora is None:
+        args.no_official_loras = True  # it was made without LoRAs
+    split = settings.get("split")
+    if split and args.slow_steps is None and args.fast_steps is None:
+        args.slow_steps, args.fast_steps = (",".join(map(str, split[p])) for p in ("slow", "fast"))
+    for key in ("latents", "image"):
+        if isinstance(settings.get(key), dict) and getattr(args, key) is None:
+            _same_bytes(settings[key], f"the {key} file")
+            setattr(args, key, Path(settings[key]["name"]))
+
+
+def _same_bytes(entry: dict, what: str) -> None:
+    """A file the PNG names must be the very bytes that made it (or the image cannot be made again)."""
+    from .data import file_digest
+
+    path = Path(entry["name"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} of that image, {path}, is gone: put it back or pass another with its option.")
+    if file_digest(path) != entry["sha256"]:
+        raise ValueError(f"{what} of that image, {path}, has changed since (sha256 differs): the image cannot be remade.")
+
+
 @cli.command
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from .quiet import set_progress
 
     set_progress(not args.no_progress)
     _log_to_stderr()
+    if args.from_png:
+        _apply_png_settings(args, parser)
     prompts = _prompts(args)
     split = _check_before_loading(args)
     outputs = _outputs(args, len(prompts))
 
-    from .api import load
+    from .api import file_entry, load, read_latents
+    from .png_settings import save_png
 
+    latents = read_latents(args.latents, len(prompts)) if args.latents else None
     glance = load(
         args.model, args.slow_lora, args.fast_lora,
         slow_weight_name=args.slow_weight_name, fast_weight_name=args.fast_weight_name,
@@ -161,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
             prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
             seed=args.seed + index, true_cfg_scale=args.true_cfg_scale, mode=args.mode,
             base_steps=args.base_steps, image=args.image, progress=not args.no_progress,
+            latents=None if latents is None else latents[index], generator_device=args.generator_device,
         )  # fmt: skip
         if not reports:
             for lora in result.lora_reports:
                 print(lora.summary(), file=sys.stderr)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        result.image.save(out)
+        settings = result.settings[0] | ({"latents": file_entry(args.latents)} if args.latents else {})
+        save_png(result.image, out, settings)
         reports.append({"prompt": prompt, "output": str(out), "seed": args.seed + index, **result.to_dict()})
         if not args.json:
             print(f"wrote {out}")

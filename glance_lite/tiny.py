@@ -42,7 +42,7 @@ REAL_WIDTH_MODEL_IDS = ("realwidth/qwen-image", "realwidth/flux", "realwidth/qwe
 EMBEDDED_MODEL_IDS = TINY_MODEL_IDS + REAL_WIDTH_MODEL_IDS
 
 # Cached folders are keyed by it (see the module docstring).
-VERSION = 1
+VERSION = 2
 # One seed per component, so resizing one component leaves the others' weights unchanged.
 _SEEDS = {"vae": 1, "text_encoder": 2, "transformer": 3, "text_encoder_2": 4}
 

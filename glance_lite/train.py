@@ -485,22 +485,13 @@ def _make_accelerator(profile, device: str | None = None):
     # Frozen buffers are identical on every rank; not broadcasting them also lets block streaming swap them. Some
     # adapted layers never reach the loss (e.g. the last block's text-stream MLP in Qwen-Image): DDP must expect that.
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=True)
-    _forget_an_earlier_single_process_accelerator(profile.training.mixed_precision, on_cpu)
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        # accelerate keeps its precision for the life of the process; a second train() with another profile (the API
+        # called twice, a notebook) would be refused. One process alone owns that state, so it is set afresh.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state()
     return Accelerator(cpu=on_cpu, mixed_precision=profile.training.mixed_precision, kwargs_handlers=[ddp])
-
-
-def _forget_an_earlier_single_process_accelerator(mixed_precision: str, on_cpu: bool) -> None:
-    """accelerate keeps one process-wide state and refuses an Accelerator with another mixed precision or device
-    ("AcceleratorState has already been initialized"): a second `train()` in one process with another profile would
-    fail. Outside a distributed launch nothing else shares that state, so it is reset; under one it is left alone."""
-    from accelerate.state import AcceleratorState
-
-    state = AcceleratorState._shared_state
-    if not state or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return
-    device = state.get("device")
-    if state.get("_mixed_precision") != mixed_precision or (on_cpu and device is not None and device.type != "cpu"):
-        AcceleratorState._reset_state(reset_partial_state=True)
 
 
 def _dtype(name: str) -> torch.dtype:

@@ -24,6 +24,13 @@ def test_the_demo_trains_generates_and_writes_side_by_side_png_and_report(tmp_pa
     assert (out / "train" / "slow.safetensors").is_file() and (out / "train" / "fast.safetensors").is_file()
     assert (out / "data" / "red_circle.txt").read_text() == CAPTION_FILE.read_text()
 
+    from glance_lite.png_settings import read_png_settings
+
+    glance_png = read_png_settings(out / "images" / "train_glance.png")  # each picture remembers how it was made
+    assert glance_png["prompt"] == CAPTION_FILE.read_text().strip() and glance_png["model"] == "pocket/qwen-image"
+    assert [lora["phase"] for lora in glance_png["loras"]] == ["slow", "fast"] and len(glance_png["loras"][0]["sha256"]) == 64
+    assert read_png_settings(out / "side_by_side.png")["panels"]["train_glance"] == glance_png
+
 
 def test_the_demo_image_is_drawn_identically_every_time():
     assert np.array_equal(np.asarray(demo_image(64)), np.asarray(demo_image(64)))

@@ -174,3 +174,49 @@ def test_cli_refuses_bad_input_before_loading_and_says_why(tmp_path):
                        "--out", str(tmp_path / "x.png"), *extra, env_extra={"HF_HUB_OFFLINE": "1"})  # fmt: skip
         assert proc.returncode != 0 and message in proc.stderr, (extra, proc.stderr[-500:])
         assert not (tmp_path / "x.png").exists()
+
+
+# ---- the noise, and images that remember how they were made ---------------------------------------------------------
+def test_given_latents_reproduce_a_seeded_run_exactly(tmp_path):
+    from safetensors.torch import save_file
+
+    glance = load("tiny/qwen-image", profile="cpu", height=64, width=64)
+    seeded = glance.generate("a red cube", height=64, width=64, seed=3, output_type="latent", progress=False)
+    again = glance.generate("a red cube", height=64, width=64, seed=999, latents=seeded.noise[0], output_type="latent", progress=False)
+    assert torch.equal(again.latents[0], seeded.latents[0])
+    torch.save(seeded.noise[0], tmp_path / "noise.pt")
+    save_file({"latents": seeded.noise[0]}, str(tmp_path / "noise.safetensors"))
+    for file in ("noise.pt", "noise.safetensors"):
+        from_file = glance.generate("a red cube", height=64, width=64, latents=tmp_path / file, output_type="latent", progress=False)
+        assert torch.equal(from_file.latents[0], seeded.latents[0])
+    with pytest.raises(ValueError, match=r"latents have shape \(1, 16, 64\), but this model at this size starts from \(1, 64, 64\)"):
+        glance.generate("a red cube", height=128, width=128, latents=seeded.noise[0], progress=False)
+    with pytest.raises(ValueError, match="generator_device='cuda' draws the noise the official script draws on a GPU"):
+        glance.generate("a red cube", height=64, width=64, generator_device="cuda", progress=False)
+
+
+def test_a_png_remembers_its_settings_and_from_png_makes_it_again_bit_for_bit(tmp_path, qwen_loras, capsys):
+    from glance_lite.generate import main
+    from glance_lite.png_settings import read_png_settings
+
+    slow, fast = qwen_loras
+    first = tmp_path / "first.png"
+    args = ["--model", "tiny/qwen-image", "--profile", "cpu", "--slow-lora", str(slow), "--fast-lora", str(fast),
+            "--prompt", "a red cube", "--negative-prompt", "blurry", "--seed", "7", "--height", "64", "--width", "64",
+            "--slow-steps", "0,3,6", "--fast-steps", "12,30,49", "--true-cfg-scale", "4", "--no-progress"]  # fmt: skip
+    assert main([*args, "--out", str(first)]) == 0
+    settings = read_png_settings(first)
+    assert (settings["prompt"], settings["negative_prompt"], settings["seed"], settings["true_cfg_scale"]) == ("a red cube", "blurry", 7, 4.0)
+    assert settings["split"] == {"slow": [0, 3, 6], "fast": [12, 30, 49]} and settings["profile"] == "cpu"
+    assert [(lora["phase"], lora["name"]) for lora in settings["loras"]] == [("slow", str(slow)), ("fast", str(fast))]
+    again = tmp_path / "again.png"
+    assert main(["--from-png", str(first), "--out", str(again), "--no-progress"]) == 0
+    assert again.read_bytes() == first.read_bytes()
+    # a LoRA that changed since cannot make the same image: said, nothing written
+    changed = tmp_path / "changed.safetensors"
+    changed.write_bytes(slow.read_bytes())
+    assert main([*args, "--slow-lora", str(changed), "--out", str(tmp_path / "made.png")]) == 0
+    changed.write_bytes(fast.read_bytes())
+    capsys.readouterr()
+    assert main(["--from-png", str(tmp_path / "made.png"), "--out", str(tmp_path / "never.png"), "--no-progress"]) == 2
+    assert "has changed since (sha256 differs)" in capsys.readouterr().err and not (tmp_path / "never.png").exists()

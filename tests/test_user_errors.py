@@ -158,7 +158,9 @@ def test_more_mistakes_get_the_same_one_line_answer(tmp_path, capsys):
     cases = [
         (generate_main, generate_args(tmp_path), "a.png already exists; pass --overwrite"),
         (generate_main, generate_args(tmp_path, "--height", "abc"), "argument --height: invalid int value: 'abc'"),
-        (generate_main, generate_args(tmp_path, "--out", str(tmp_path / "a.gif")), "has the extension '.gif'; use .png"),
+        (generate_main, generate_args(tmp_path, "--out", str(tmp_path / "a.jpg")), "has the extension '.jpg'; use .png"),
+        (generate_main, generate_args(tmp_path, "--from-png", str(tmp_path)), "--from-png"),
+        (generate_main, generate_args(tmp_path, "--latents", str(tmp_path / "noise.pt")), "--latents"),
         (generate_main, ["--prompt", "a", "--prompt", "b", "--out-dir", str(tmp_path / "cat.txt")], "--out-dir"),
         (generate_main, generate_args(tmp_path, "--image", str(tmp_path / "cat.txt")), "cat.txt is not a readable image"),
         (generate_main, generate_args(tmp_path, "--fast-steps", "30,20"), "strictly increasing"),

@@ -74,6 +74,8 @@ class ModelFamily:
     vision_tokens: ClassVar[int] = 0
     # Batched CFG pads the prompt and the negative prompt to one length and masks the padding in attention.
     masks_batched_prompts: ClassVar[bool] = False
+    # The pipeline asks its text encoder for every layer's hidden states (they stay alive through the forward).
+    text_encoder_hidden_states: ClassVar[bool] = False
     # Key prefix of the LoRA files glance_lite writes: one that plain diffusers and ComfyUI both read together with
     # per-layer `.alpha` keys for this family (lora.py, README "LoRA files").
     lora_key_prefix: ClassVar[str] = "transformer."

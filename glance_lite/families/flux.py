@@ -103,3 +103,27 @@ class FluxFamily(ModelFamily):
         latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
         b, c, h, w = latents.shape
         return pipe._pack_latents(latents, b, c, h, w)
+
+    # ---- memory simulation ---------------------------------------------------------------------
+    def simulation_inputs(self, transformer_config, batch, height, width, text_tokens, dtype, device, padding_mask):
+        """(state, latents, timestep, cond) for one `velocity` call at these shapes (graph_memory runs it on meta)."""
+        import torch
+        from diffusers import FluxPipeline
+
+        if padding_mask:
+            raise ValueError("FLUX attends to its padded T5 tokens without a mask: padding_mask does not apply.")
+        rows, cols = height // 16, width // 16  # VAE 8x, then 2x2 latent patches
+        latents = torch.randn(batch, rows * cols, transformer_config["in_channels"], dtype=dtype, device=device)
+        text_width = transformer_config["joint_attention_dim"]
+        pooled_width = transformer_config["pooled_projection_dim"]
+        cond = {
+            "prompt_embeds": torch.randn(batch, text_tokens, text_width, dtype=dtype, device=device),
+            "pooled_prompt_embeds": torch.randn(batch, pooled_width, dtype=dtype, device=device),
+            "text_ids": torch.zeros(text_tokens, 3, dtype=dtype, device=device),
+        }
+        guidance = None
+        if transformer_config.get("guidance_embeds"):
+            guidance = torch.full([batch], DISTILLED_GUIDANCE, dtype=torch.float32, device=device)
+        img_ids = FluxPipeline._prepare_latent_image_ids(batch, rows, cols, device, dtype)
+        state = LatentState(latents, height, width, {"img_ids": img_ids, "guidance": guidance})
+        return state, latents, self.timestep_tensor(1000.0, latents), cond

@@ -33,6 +33,7 @@ class QwenImageFamily(ModelFamily):
     generate_text_tokens = 128
     train_text_tokens = 1024
     masks_batched_prompts = True  # prompt and negative prompt differ in length
+    text_encoder_hidden_states = True  # encode_prompt reads the last of `output_hidden_states=True`
     # diffusers converts a Qwen-Image file with `.alpha` keys and prefixes every key with `transformer.` itself, so
     # `transformer.`-prefixed keys end up doubled and fail to load; `diffusion_model.` is stripped first.
     lora_key_prefix = "diffusion_model."
@@ -136,3 +137,23 @@ class QwenImageFamily(ModelFamily):
         latents = (latents - mean) / std
         b, c, _, h, w = latents.shape  # [B, C, frames=1, H, W] packs like [B, C, H, W]
         return pipe._pack_latents(latents, b, c, h, w)
+
+    # ---- memory simulation ---------------------------------------------------------------------
+    def simulation_inputs(self, transformer_config, batch, height, width, text_tokens, dtype, device, padding_mask):
+        """(state, latents, timestep, cond) for one `velocity` call at these shapes (graph_memory runs it on meta).
+
+        `padding_mask`: batched CFG of two prompts of different lengths; the last prompt's final quarter is padding.
+        """
+        import torch
+
+        side = 16  # pixels per packed token: VAE 8x, then 2x2 latent patches
+        rows, cols = height // side, width // side
+        latents = torch.randn(batch, rows * cols, transformer_config["in_channels"], dtype=dtype, device=device)
+        embeds = torch.randn(batch, text_tokens, transformer_config["joint_attention_dim"], dtype=dtype, device=device)
+        cond = {"prompt_embeds": embeds}
+        if padding_mask:
+            mask = torch.ones(batch, text_tokens, dtype=torch.long, device=device)
+            mask[-1, text_tokens - text_tokens // 4 :] = 0
+            cond["prompt_embeds_mask"] = mask
+        state = LatentState(latents, height, width, {"img_shapes": [[(1, rows, cols)]] * batch})
+        return state, latents, self.timestep_tensor(1000.0, latents), cond

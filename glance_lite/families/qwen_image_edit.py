@@ -97,3 +97,19 @@ class QwenImageEditFamily(QwenImageFamily):
 
         model_input = torch.cat([latents, state.extra["image_latents"]], dim=1)
         return super().velocity(transformer, state, model_input, timestep, cond)[:, : latents.size(1)]
+
+    # ---- memory simulation ---------------------------------------------------------------------
+    def simulation_inputs(self, transformer_config, batch, height, width, text_tokens, dtype, device, padding_mask):
+        """Qwen-Image's inputs plus the condition image's latent tokens, at `condition_area` as the stock pipeline.
+        `text_tokens` should include the vision tokens the VL prompt adds."""
+        import torch
+
+        state, latents, timestep, cond = super().simulation_inputs(
+            transformer_config, batch, height, width, text_tokens, dtype, device, padding_mask
+        )
+        cond_width, cond_height = calculate_dimensions(self.condition_area, width / height)
+        shape = (1, cond_height // 16, cond_width // 16)
+        image_latents = torch.randn(batch, shape[1] * shape[2], latents.shape[-1], dtype=dtype, device=device)
+        state.extra["img_shapes"] = [[*shapes, shape] for shapes in state.extra["img_shapes"]]
+        state.extra["image_latents"] = image_latents
+        return state, latents, timestep, cond

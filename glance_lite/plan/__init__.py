@@ -24,19 +24,21 @@ and JSON).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 from ..placement import placement
 from ..profiles import Profile, load_profile
 from .activations import (
-    ACTIVATION_SLACK,
+    ActivationTerms,
     LORA_GRAD_BYTES,
     LORA_TRAIN_PARAM_BYTES,
     OPTIMIZER_STATE_BYTES,
     GiB,
     Tokens,
     text_encoder_activations,
+    text_encoder_tokens,
     transformer_inference_activations,
     transformer_training_activations,
     vae_activations,
@@ -141,6 +143,38 @@ def _denoise_streaming(ctx: StageContext, denoise_acts: dict, notes) -> Streamed
     return streaming.with_resident(choose_resident_blocks(streaming, peak, gpu_ctx.target(), setting))
 
 
+def training_terms(ctx: StageContext, inv: Inventory, tokens: Tokens, batch: int) -> ActivationTerms:
+    """The training step's activations: the checkpointed forward and backward of the frozen base in its dtype."""
+    training = ctx.profile.training
+    where = ctx.place("transformer", "train_step")
+    formula = transformer_training_activations(inv, tokens, batch, where.dtype, ctx.family.mlp_ratio,
+                                               training.gradient_checkpointing, training.mixed_precision != "no")  # fmt: skip
+    return ActivationTerms(formula, _dequant_transient(inv, where.dtype, where.quantization))
+
+
+def _activation_terms(ctx: StageContext, configs, family, tokens, batch: int, masked: bool, height, width, side) -> dict:
+    """Plan stage -> component -> ActivationTerms, in the dtype each component computes in (`placement`)."""
+    inventories = ctx.inventories
+    denoise = ctx.place("transformer", "denoise")
+    transformer = inventories["transformer"]
+    terms = {"text_encode": {}, "slow_phase": {}, "vae_decode": {}}
+    for name in (n for n in family.text_encoders if n in inventories):
+        where = ctx.place(name, "text_encode")
+        inv = inventories[name]
+        formula = text_encoder_activations(inv, text_encoder_tokens(inv, tokens["generate"].text), where.dtype,
+                                           family.text_encoder_hidden_states)  # fmt: skip
+        terms["text_encode"][name] = ActivationTerms(formula, _dequant_transient(inv, where.dtype, where.quantization))
+    formula = transformer_inference_activations(transformer, tokens["generate"], batch, denoise.dtype, family.mlp_ratio)
+    terms["slow_phase"]["transformer"] = ActivationTerms(formula, _dequant_transient(transformer, denoise.dtype, denoise.quantization))
+    vae = ctx.place("vae", "vae_decode")
+    tiling = ctx.profile.component("vae").tiling
+    terms["vae_decode"]["vae"] = ActivationTerms(vae_activations(inventories["vae"], height, width, vae.dtype, tiling, "decode"))
+    if "vae" in family.denoise_components:  # an edit model encodes its input image in the denoise stage
+        terms["slow_phase"]["vae"] = ActivationTerms(vae_activations(inventories["vae"], side, side, vae.dtype, tiling, "encode"))
+    terms["fast_phase"] = terms["slow_phase"]
+    return terms
+
+
 def _train_stage(ctx: StageContext, inv: Inventory, tokens: Tokens, lora_params: int, batch: int) -> tuple[StagePlan, StreamedWeights | None]:
     """One LoRA step: frozen base (training quantization, block streaming with resident blocks), fp32 LoRA weights,
     gradients and optimizer state, checkpointed activations. Text embeddings and latents are cached beforehand,
@@ -152,8 +186,7 @@ def _train_stage(ctx: StageContext, inv: Inventory, tokens: Tokens, lora_params:
     dtype = where.dtype
     block_bytes, outside = frozen_base_bytes(inv, dtype, where.quantization)
     trainable = lora_params * (LORA_TRAIN_PARAM_BYTES + LORA_GRAD_BYTES + OPTIMIZER_STATE_BYTES[training.optimizer])
-    acts = transformer_training_activations(inv, tokens, batch, dtype, ctx.family.mlp_ratio, training.gradient_checkpointing)
-    acts = int((acts + _dequant_transient(inv, dtype, where.quantization)) * ACTIVATION_SLACK)
+    acts = training_terms(ctx, inv, tokens, batch).total()
     base = sum(block_bytes) + outside
 
     def stage_with(streaming: StreamedWeights | None, device: str) -> StagePlan:
@@ -202,6 +235,7 @@ def plan(
     num_gpus: int | None = None,
     mode: str = "consistent",
     device: str | None = None,
+    simulate: bool = False,
 ) -> MemoryPlan:
     """Predict the memory of every stage of generating (and training on) `model` with `profile`.
 
@@ -210,6 +244,7 @@ def plan(
     generation; `gpu_memory_gb` / `system_ram_gb` / `num_gpus` override the profile's budgets (auto selection plans
     against the detected hardware this way); `device="cpu"` plans the profile's choices run on the CPU. `model` may
     also be a `ModelConfigs` (an architecture without a folder, e.g. the benchmarks' random-weight models).
+    `simulate=True` also measures every stage on the real graph (`plan.simulation`: tens of seconds, not a fraction).
     """
     from ..families import family_for_pipeline_class
     from ..schedule import image_seq_len
@@ -254,20 +289,11 @@ def plan(
     masked = family.masks_batched_prompts and batch > 1
 
     # ---- activations per component (the largest moment of each), in the dtype each computes in
+    terms = _activation_terms(ctx, configs, family, tokens, batch, masked, height, width, side)
+    text_acts = {name: t.total() for name, t in terms["text_encode"].items()}
+    transformer_acts = terms["slow_phase"]["transformer"].total()
+    vae_decode = terms["vae_decode"]["vae"].total()
     denoise_where = ctx.place("transformer", "denoise")
-    transformer_acts = int(
-        (transformer_inference_activations(transformer, tokens["generate"], batch, denoise_where.dtype, family.mlp_ratio,
-                                           attention_mask=masked)
-         + _dequant_transient(transformer, denoise_where.dtype, denoise_where.quantization)) * ACTIVATION_SLACK
-    )  # fmt: skip
-    text_names = tuple(n for n in family.text_encoders if n in inventories)
-    text_acts = {}
-    for name in text_names:
-        where = ctx.place(name, "text_encode")
-        acts = text_encoder_activations(inventories[name], gen_text, where.dtype)
-        text_acts[name] = int((acts + _dequant_transient(inventories[name], where.dtype, where.quantization)) * ACTIVATION_SLACK)
-    vae_policy = profile.component("vae")
-    vae_decode = int(vae_activations(inventories["vae"], height, width, vae_policy.dtype, vae_policy.tiling, "decode") * ACTIVATION_SLACK)
 
     # ---- sharding (multi-GPU): split the transformer blocks across GPUs by what each GPU has left
     device_map: dict[str, int] = {}
@@ -275,16 +301,12 @@ def plan(
         ctx.shard_of, device_map = shard_plan(ctx, {"transformer": transformer_acts, "vae": vae_decode, **text_acts})
 
     # ---- stages
-    denoise_acts = {"transformer": transformer_acts}
+    denoise_acts = {name: t.total() for name, t in terms["slow_phase"].items()}
     notes = [f"{tokens['generate'].total} tokens x batch {batch}; {forwards} transformer forwards per image"]
     if masked:
-        mask = batch * int(transformer.config["num_attention_heads"]) * tokens["generate"].total ** 2 * DTYPE_BYTES[denoise_where.dtype]
-        notes.append(
-            f"batched CFG with a padding mask: SDPA expands it to a {mask / GiB:.2f} GiB attention bias per call "
-            "(none when prompt and negative prompt have the same length, or with batch_cfg: false)"
-        )
+        notes.append("batched CFG pads the two prompts to one length: the fused kernels read the padding mask as a "
+                     "broadcast [B, 1, 1, L] bias, no [B, H, L, L] copy (graph_memory)")  # fmt: skip
     if "vae" in family.denoise_components:
-        denoise_acts["vae"] = int(vae_activations(inventories["vae"], side, side, vae_policy.dtype, vae_policy.tiling, "encode") * ACTIVATION_SLACK)
         notes.append("edit: the VAE encodes the condition image in this stage")
     streaming = _denoise_streaming(ctx, denoise_acts, notes)
     denoise_streaming = {"transformer": streaming} if streaming is not None else None
@@ -314,12 +336,18 @@ def plan(
         steps=steps, train_batch_size=train_batch_size, gpu_memory_gb=gpu_memory_gb, system_ram_gb=system_ram_gb,
         num_gpus=num_gpus, mode=mode, device=device, configs=configs,
     )  # fmt: skip
-    return MemoryPlan(
+    result = MemoryPlan(
         model=configs.model, family=family.name, profile=profile, height=height, width=width, lora_rank=rank, batch=batch,
         tokens=tokens, components=comps, stages=stages, transformer_forwards=forwards, device_map=device_map,
         phase_plan=_phase_plan(configs, height, width, mode), resident_blocks=resident, pcie=pcie, device=device,
+        activation_terms={**terms, "train_step": {"transformer": training_terms(ctx, transformer, tokens["train"], train_batch_size)}},
         options=options,
     )  # fmt: skip
+    if simulate:
+        from . import simulation
+
+        result = dataclasses.replace(result, simulation=simulation.simulate(result, configs, family, ctx, result.activation_terms))
+    return result
 
 
 def _make_package_callable() -> None:

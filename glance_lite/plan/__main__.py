@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--system-ram-gb", type=cli.positive(float), default=None, help="plan against this much RAM instead")
     parser.add_argument("--mode", default="consistent", choices=("consistent", "reference"), help="phase schedule")
     parser.add_argument("--device", choices=("cpu",), default=None, help="plan the profile's choices run on the CPU")
+    parser.add_argument("--simulate", action="store_true",
+                        help="also measure every stage on the real graph (meta device) and flag formula/simulation gaps over 10%%")
     parser.add_argument("--json", action="store_true", help="print every number as JSON")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 when the plan does not fit")
     return parser
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     result = plan(
         args.model, profile, args.height, args.width, lora_rank=args.lora_rank, text_tokens=args.text_tokens,
         gpu_memory_gb=args.gpu_memory_gb, system_ram_gb=args.system_ram_gb, mode=args.mode, device=args.device,
+        simulate=args.simulate,
     )  # fmt: skip
     if args.json:
         data = result.to_dict()

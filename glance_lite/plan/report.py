@@ -134,6 +134,8 @@ class MemoryPlan:
     resident_blocks: dict[str, tuple[int, ...]]
     pcie: Pcie
     device: str | None = None  # "cpu" when the profile's choices are emulated on the CPU
+    activation_terms: dict = field(default_factory=dict)  # stage -> component -> activations.ActivationTerms
+    simulation: list | None = None  # simulation.StageCheck per stage, with plan(simulate=True)
     options: dict = field(default_factory=dict)
 
     # ---- verdict -----------------------------------------------------------------------------------------------
@@ -246,7 +248,17 @@ class MemoryPlan:
             "traffic_bytes_per_image": self.traffic_bytes_per_image,
             "device_map": self.device_map,
             "phase_plan": self.phase_plan,
+            "activation_terms": {stage: {name: dict(vars(t)) for name, t in parts.items()}
+                                 for stage, parts in self.activation_terms.items()},  # fmt: skip
+            "simulation": None if self.simulation is None else [self._simulated(c) for c in self.simulation],
         }
+
+    def _simulated(self, check) -> dict:
+        from .simulation import simulated_peak
+
+        stage = self.stages[check.stage]
+        return {**check.to_dict(), "planned_peak": stage.peak(check.device),
+                "simulated_peak": simulated_peak(stage, self.simulation, self.activation_terms, check.device)}
 
     def table(self) -> str:
         p = self.profile
@@ -280,6 +292,10 @@ class MemoryPlan:
                 notes.setdefault(note, []).append(stage.name)
         if notes:
             lines += ["", "Notes:"] + [f"  {'/'.join(stages)}: {note}" for note, stages in notes.items()]
+        if self.simulation is not None:
+            from .simulation import table
+
+            lines += table(self, self.simulation)
         lines += ["", *self._traffic_lines()]
         gpu_peak = "" if self.on_cpu else f"{_gib(self.peak_gpu_bytes)} per GPU, "
         lines += [f"Peak over the run (max over stages, never the sum): {gpu_peak}{_gib(self.peak_ram_bytes)} RAM.",

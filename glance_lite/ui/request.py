@@ -1,0 +1,127 @@
+"""The Generate fields of the page -> a checked `GenerationRequest`: load and generate arguments, PNG settings.
+
+Checked here, before anything is queued or loaded: the prompt, the size (`api.check_size`, the CLI's own check),
+the step split (`PhaseSplit.parse`), the numbers and the LoRA choice. Everything that needs the model (LoRA files
+against the architecture, the profile) is checked by `glance_lite.load` on the worker, still before any weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..api import check_size
+from ..schedule import PhaseSplit
+
+# Sampler choices on the page -> what they run.
+SAMPLERS = {"Glance (slow + fast)": "glance", "Base model, N steps": "base", "Custom split and mode": "custom"}
+# LoRA choices: the defaults of `load()` (the official Glance LoRAs for an official base), none, uploaded files,
+# or a run trained on the Train tab (RUN_PREFIX + its name).
+ADAPTERS_DEFAULT, ADAPTERS_NONE, ADAPTERS_UPLOADED, RUN_PREFIX = "default", "none", "uploaded", "run:"
+# The Generate fields, by the names `app.py` gives their components (the handlers get them as one dict).
+FIELDS = (
+    "prompt", "negative_prompt", "height", "width", "seed", "model", "profile", "sampler", "base_steps",
+    "slow_steps", "fast_steps", "mode", "true_cfg_scale", "adapters", "slow_file", "fast_file", "lora_compat", "image",
+)  # fmt: skip
+
+
+def _integer(name: str, value, minimum: int | None = None) -> int:
+    if value is None or value == "":
+        raise ValueError(f"{name} is empty: enter a whole number.")
+    number = float(value)
+    if number != int(number):
+        raise ValueError(f"{name} must be a whole number, got {value}.")
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {int(number)}.")
+    return int(number)
+
+
+def _cfg_scale(text) -> float | None:
+    text = str(text or "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"True CFG scale must be a number (or empty for the model's default), got {text!r}.") from None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str
+    height: int
+    width: int
+    seed: int
+    model: str
+    profile: str
+    sampler: str  # glance | base | custom
+    base_steps: int
+    split: PhaseSplit | None  # None: the family's default split
+    mode: str
+    true_cfg_scale: float | None  # None: the family's default
+    slow_lora: str | None
+    fast_lora: str | None
+    use_official_loras: bool
+    lora_compat: str
+    image: str | None  # input image of edit models
+
+    @classmethod
+    def from_page(cls, fields: dict, runs_folder: Path) -> "GenerationRequest":
+        """Check the page's values (keyed by FIELDS); raises ValueError with the sentence the page shows."""
+        prompt = (fields["prompt"] or "").strip()
+        if not prompt:
+            raise ValueError("The prompt is empty: describe the image you want, e.g. 'a red circle on a blue background, top left'.")
+        height, width = _integer("height", fields["height"]), _integer("width", fields["width"])
+        check_size(height, width)
+        sampler = SAMPLERS.get(fields["sampler"], fields["sampler"])
+        if sampler not in SAMPLERS.values():
+            raise ValueError(f"Unknown sampler {fields['sampler']!r}: choose one of {', '.join(SAMPLERS)}.")
+        split = PhaseSplit.parse(fields["slow_steps"] or "", fields["fast_steps"] or "") if sampler == "custom" else None
+        scale = _cfg_scale(fields["true_cfg_scale"])
+        slow, fast, official = _adapters(fields, runs_folder)
+        model = (fields["model"] or "").strip()
+        if not model:
+            raise ValueError("No model chosen: pick an embedded model, or type a local folder or a hub id.")
+        return cls(
+            prompt, fields["negative_prompt"] or " ", height, width, _integer("seed", fields["seed"], 0), model,
+            fields["profile"] or "auto", sampler, _integer("base steps", fields["base_steps"], 1), split,
+            fields["mode"] if sampler == "custom" else "consistent", scale,
+            slow, fast, official, fields["lora_compat"], fields["image"] or None,
+        )  # fmt: skip
+
+    def load_key(self, profile_name: str) -> tuple:
+        """What decides the loaded model: the same key reuses it (a retrained file has a new size or time)."""
+        files = tuple((p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) if p and Path(p).is_file() else p for p in (self.slow_lora, self.fast_lora))
+        return (self.model, profile_name, files, self.use_official_loras, self.lora_compat)
+
+    def generate_kwargs(self, base_steps: int | None = None) -> dict:
+        """Keyword arguments of `Glance.generate` for a Glance run, or a base run of `base_steps` steps."""
+        return dict(
+            negative_prompt=self.negative_prompt, height=self.height, width=self.width, seed=self.seed,
+            true_cfg_scale=self.true_cfg_scale, mode=self.mode, split=self.split, base_steps=base_steps, image=self.image,
+        )  # fmt: skip
+
+    @property
+    def base_only(self) -> bool:
+        return self.sampler == "base"
+
+
+def _adapters(fields: dict, runs_folder: Path) -> tuple[str | None, str | None, bool]:
+    """(slow LoRA, fast LoRA, use the official ones) for the page's LoRA choice."""
+    choice = fields["adapters"] or ADAPTERS_DEFAULT
+    if choice == ADAPTERS_DEFAULT:
+        return None, None, True
+    if choice == ADAPTERS_NONE:
+        return None, None, False
+    if choice == ADAPTERS_UPLOADED:
+        slow, fast = fields["slow_file"] or None, fields["fast_file"] or None
+        if not (slow or fast):
+            raise ValueError("'Uploaded files' is chosen but no LoRA file was uploaded: add a slow and/or a fast .safetensors file.")
+        return slow, fast, False
+    if choice.startswith(RUN_PREFIX):
+        from .training import trained_run
+
+        adapters = {phase: str(path) for phase, path in trained_run(runs_folder, choice.removeprefix(RUN_PREFIX)).adapters.items()}
+        return adapters.get("slow"), adapters.get("fast"), False
+    raise ValueError(f"Unknown LoRA choice {choice!r}.")

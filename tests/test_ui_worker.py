@@ -1,0 +1,54 @@
+"""The UI's model worker: requests take turns on one thread, a cancelled one never runs, failures become one line.
+
+No browser and no model: the jobs here are plain functions, so what is tested is the queue itself.
+"""
+
+import threading
+
+from glance_lite.ui.worker import CANCELLED, DONE, FAILED, Worker
+
+
+def test_a_second_request_waits_its_turn_and_knows_how_many_are_ahead():
+    worker = Worker()
+    release, order = threading.Event(), []
+
+    def first(job):
+        order.append("first starts")
+        release.wait(10)
+        order.append("first ends")
+        return 1
+
+    running = worker.submit("generate", first)
+    second = worker.submit("generate", lambda job: order.append("second runs") or 2)
+    while running.state != "running":
+        threading.Event().wait(0.01)
+    assert worker.jobs_ahead(second) == 1 and not second.finished
+    release.set()
+    assert second.wait(10) and running.wait(10)
+    assert order == ["first starts", "first ends", "second runs"]
+    assert (running.state, running.result, second.state, second.result) == (DONE, 1, DONE, 2)
+
+
+def test_a_request_cancelled_while_waiting_never_runs_and_the_worker_goes_on():
+    worker = Worker()
+    release, ran = threading.Event(), []
+    blocker = worker.submit("train", lambda job: release.wait(10))
+    cancelled = worker.submit("generate", lambda job: ran.append("cancelled one"))
+    after = worker.submit("generate", lambda job: ran.append("next one"))
+    cancelled.cancel()
+    release.set()
+    assert after.wait(10) and blocker.wait(10)
+    assert cancelled.state == CANCELLED and ran == ["next one"]
+
+
+def test_a_failing_request_reports_its_message_and_the_worker_survives():
+    worker = Worker()
+
+    def refuse(job):
+        raise ValueError("height=60 is not a multiple of 16")
+
+    failed = worker.submit("generate", refuse)
+    fine = worker.submit("generate", lambda job: "ok")
+    assert fine.wait(10) and failed.wait(10)
+    assert (failed.state, failed.error) == (FAILED, "height=60 is not a multiple of 16")
+    assert (fine.state, fine.result) == (DONE, "ok")

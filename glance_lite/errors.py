@@ -24,6 +24,10 @@ class InputFileError(UserError, ValueError):
     """A file the user named cannot be used as it is: missing, a folder, unreadable, or not UTF-8 text."""
 
 
+class SetupError(UserError, RuntimeError):
+    """The machine lacks what the run asks for: a CUDA GPU, enough GPUs, an optional package."""
+
+
 def os_error_reason(exc: OSError) -> str:
     """'permission denied' rather than '[Errno 13] Permission denied: '/x''; the caller names the file."""
     reason = exc.strerror or str(exc) or type(exc).__name__
@@ -75,7 +79,3 @@ def yaml_error_text(exc: Exception) -> str:
 ENVIRONMENT_ERRNOS = frozenset(
     getattr(errno, name) for name in ("EACCES", "EPERM", "ENOSPC", "EROFS", "EDQUOT") if hasattr(errno, name)
 )
-
-
-class SetupError(UserError, RuntimeError):
-    """The machine lacks what the run asks for: a CUDA GPU, enough GPUs, an optional package."""

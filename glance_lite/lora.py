@@ -164,12 +164,20 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except OSError as exc:
-        raise LoraFileError(f"LoRA file {path} cannot be read ({exc.strerror or exc}).") from None
+        raise _unreadable(path, exc) from None
     except Exception as exc:  # safetensors' header and truncation errors come in several types
-        raise LoraFileError(
-            f"{path} is not a safetensors file ({str(exc).splitlines()[0][:120]}): give a LoRA .safetensors file "
-            "(python -m glance_lite.lora info FILE checks one)."
-        ) from None
+        raise _not_safetensors(path, exc) from None
+
+
+def _unreadable(path: Path, exc: OSError) -> LoraFileError:
+    return LoraFileError(f"LoRA file {path} cannot be read ({exc.strerror or exc}).")
+
+
+def _not_safetensors(path: Path, exc: Exception) -> LoraFileError:
+    return LoraFileError(
+        f"{path} is not a safetensors file ({str(exc).splitlines()[0][:120]}): give a LoRA .safetensors file "
+        "(python -m glance_lite.lora info FILE checks one)."
+    )
 
 
 def check_lora_file_header(path: Path) -> None:
@@ -184,12 +192,9 @@ def check_lora_file_header(path: Path) -> None:
                 raise ValueError("header too large" if size >= 8 else "shorter than a safetensors header")
             header = json.loads(f.read(length))
     except OSError as exc:
-        raise LoraFileError(f"LoRA file {path} cannot be read ({exc.strerror or exc}).") from None
+        raise _unreadable(path, exc) from None
     except (ValueError, UnicodeDecodeError) as exc:  # json.JSONDecodeError is a ValueError
-        raise LoraFileError(
-            f"{path} is not a safetensors file ({str(exc).splitlines()[0][:120]}): give a LoRA .safetensors file "
-            "(python -m glance_lite.lora info FILE checks one)."
-        ) from None
+        raise _not_safetensors(path, exc) from None
     tensors = {k: v for k, v in header.items() if k != "__metadata__"} if isinstance(header, dict) else {}
     try:
         end = max((int(v["data_offsets"][1]) for v in tensors.values()), default=0)

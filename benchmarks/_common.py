@@ -335,11 +335,14 @@ def meta_module(arch: Arch, component: str):
 
 
 # ==== random weights: materializing =================================================================================
-def _units(module: torch.nn.Module) -> list[torch.nn.Module]:
-    """The pieces materialized one at a time: each block of a ModuleList, and every other top-level child."""
+def _units(module: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The pieces materialized one at a time, by name: each block of a ModuleList, and every other top-level child."""
     units = []
-    for child in module.children():
-        units.extend(child if isinstance(child, torch.nn.ModuleList) else [child])
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.ModuleList):
+            units.extend((f"{name}.{index}", block) for index, block in enumerate(child))
+        else:
+            units.append((name, child))
     if any(True for _ in module.parameters(recurse=False)):
         raise ValueError(f"{type(module).__name__} has parameters outside its children; materialize() cannot split it.")
     return units
@@ -387,7 +390,7 @@ def materialize_(
             f"Random weights support torchao and quanto quantizations or none, not {quantization!r}: "
             "bitsandbytes quantizes only while loading a checkpoint."
         )
-    for index, unit in enumerate(_units(module)):
+    for index, (name, unit) in enumerate(_units(module)):
         buffers = {name: buf for name, buf in unit.named_buffers()}  # init_empty_weights left them real
         unit.to(dtype=dtype)  # meta parameters: free
         unit.to_empty(device=init_device)
@@ -396,7 +399,13 @@ def materialize_(
             setattr(unit.get_submodule(owner) if owner else unit, leaf, buf.to(init_device))
         generator = torch.Generator(device=init_device).manual_seed(seed * 100_003 + index)
         _random_init_(unit, generator, std)
-        quantize_built(unit, quantization)
+        if quantization.startswith("quanto-") and not any(True for _ in unit.children()):
+            # quanto swaps a layer in its parent and cannot quantize the module it is given (a top-level Linear
+            # such as `img_in`): quantize that one child through the whole model
+            quantize_built(module, quantization, only=name)
+            unit = module.get_submodule(name)
+        else:
+            quantize_built(unit, quantization)
         unit.to(home_device)
     module._glance_quantized = quantization != "none"
     left = [name for name, p in module.named_parameters() if p.is_meta]

@@ -68,18 +68,22 @@ def quantize_after_load(module, quantization: str) -> None:
     quantize_built(module, quantization)
 
 
-def quantize_built(module: torch.nn.Module, quantization: str) -> torch.nn.Module:
+def quantize_built(module: torch.nn.Module, quantization: str, only: str | None = None) -> torch.nn.Module:
     """Quantize an already-built module in place, the layers the loaders would: torchao and bitsandbytes-style
-    storage replace Linear weights, quanto Linear and Conv2d weights (then frozen)."""
+    storage replace Linear weights, quanto Linear and Conv2d weights (then frozen). `only`: the name of the one
+    submodule to quantize (quanto replaces layers in their parent, so a lone Linear is quantized through it)."""
     if quantization in _TORCHAO_CONFIGS:
         from torchao.quantization import quantize_
 
-        quantize_(module, _torchao_config(quantization))
+        if only is None:
+            quantize_(module, _torchao_config(quantization))
+        else:
+            quantize_(module, _torchao_config(quantization), filter_fn=lambda m, fqn: fqn == only and isinstance(m, torch.nn.Linear))
     elif quantization in _QUANTO_WEIGHTS:
         from optimum import quanto
 
-        quanto.quantize(module, weights=getattr(quanto, _QUANTO_WEIGHTS[quantization]))
-        quanto.freeze(module)
+        quanto.quantize(module, weights=getattr(quanto, _QUANTO_WEIGHTS[quantization]), include=only)
+        quanto.freeze(module if only is None else module.get_submodule(only))
     elif quantization != "none":
         raise ValueError(f"{quantization} quantizes only while loading a checkpoint (bitsandbytes), not a built module.")
     module._glance_quantized = quantization != "none"

@@ -12,6 +12,7 @@ other message of that logger, and of every other library, still gets through:
 | bitsandbytes.backends.cpu.ops | Failed to load CPU gemm_4bit_forward from kernels-community | an optional CPU kernel package; bitsandbytes falls back to its own |
 | transformers.utils.import_utils | `...ImageProcessor` requires torchvision (not installed); falling back to `...Pil` | processors of pipeline parts glance_lite does not use (FLUX's IP-adapter encoder) |
 | (Python warning, FutureWarning) | `QuantoConfig` / `QuantoQuantizer` is deprecated and will be removed in version 1.0.0 | diffusers' notice to developers; glance_lite pins diffusers < 0.43 and says where quanto is used (`pairings.py`) |
+| (Python warning, UserWarning) | TorchaoLoraLinear was instantiated without `get_apply_tensor_subclass` ... `merge()` / `unmerge()` will raise | peft's note that a LoRA on torchao weights cannot be merged; glance_lite never merges into quantized weights (`fuse_lora` is refused with a quantized transformer, `profiles.py`) |
 
 The filters are installed when `glance_lite` is imported (cheap: no library is imported here), so API users get the
 same quiet start as the command lines. Progress bars: `set_progress(False)` (the commands' `--no-progress`) turns off
@@ -48,7 +49,10 @@ class _DropNoise(logging.Filter):
             return True
 
 
-_NOISY_WARNINGS = (r"`Quanto(Config|Quantizer)` is deprecated and will be removed in version 1\.0\.0",)
+_NOISY_WARNINGS = (
+    (r"`Quanto(Config|Quantizer)` is deprecated and will be removed in version 1\.0\.0", FutureWarning),
+    (r"TorchaoLoraLinear was instantiated without `get_apply_tensor_subclass`", UserWarning),
+)
 
 
 def install_noise_filters() -> None:
@@ -57,8 +61,8 @@ def install_noise_filters() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropNoise) for f in logger.filters):
             logger.addFilter(_DropNoise(pattern))
-    for message in _NOISY_WARNINGS:
-        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+    for message, category in _NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
 
 
 _progress = True

@@ -2,13 +2,12 @@
 that stops on NaN/inf; a corrupt checkpoint skipped, kept, and resumed past (issue #15).
 
 Most commands run in-process (`main([...])`, as `python -m` runs them, through the same boundary); a few run in a
-fresh process where the claim is about one: warnings at start-up, imports, wall time.
+fresh process where the claim is about one: warnings at start-up and imports (wall time: benchmarks/startup_time.py).
 """
 
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -366,6 +365,22 @@ def test_each_start_up_line_dropped_is_only_that_line():
         assert seen == ["a warning the user should see"], name
 
 
+def test_the_libraries_python_warnings_dropped_are_only_those():
+    import warnings
+
+    import glance_lite.quiet
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.resetwarnings()
+        glance_lite.quiet.install_noise_filters()
+        warnings.warn("`QuantoConfig` is deprecated and will be removed in version 1.0.0.", FutureWarning)
+        warnings.warn("TorchaoLoraLinear was instantiated without `get_apply_tensor_subclass`. Forward and training will work", UserWarning)
+        warnings.warn("TorchaoLoraLinear: a warning the user should see", UserWarning)
+        warnings.warn("`QuantoConfig` is deprecated and will be removed in version 1.0.0.", UserWarning)
+    assert [str(w.message) for w in caught] == ["TorchaoLoraLinear: a warning the user should see",
+                                                "`QuantoConfig` is deprecated and will be removed in version 1.0.0."]  # fmt: skip
+
+
 REFUSALS = {
     "size not a multiple of 16": (["--height", "100"], "height=100 is not a multiple of 16"),
     "empty prompt": (["--prompt", "   "], "is empty"),
@@ -374,16 +389,11 @@ REFUSALS = {
 }
 
 
-def test_refusals_that_need_no_model_answer_in_under_1_5_s_including_python_start_up(tmp_path):
-    """Wall time of the whole process; best of 3, so that a CI machine busy with other jobs does not decide it."""
+def test_refusals_that_need_no_model_are_one_line_from_a_fresh_process_and_write_nothing(tmp_path):
+    """How fast they answer is measured by benchmarks/startup_time.py (results/startup-*.md), not asserted here."""
     for name, (extra, message) in REFUSALS.items():
-        best = float("inf")
-        for _ in range(3):
-            started = time.perf_counter()
-            proc = run_python("-m", "glance_lite.generate", *generate_args(tmp_path, *extra))
-            best = min(best, time.perf_counter() - started)
-            assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, (name, proc.stderr)
-        assert best < 1.5, f"{name}: {best:.2f} s"
+        proc = run_python("-m", "glance_lite.generate", *generate_args(tmp_path, *extra))
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and message in proc.stderr, (name, proc.stderr)
     assert not (tmp_path / "out").exists()
 
 
@@ -412,17 +422,9 @@ print(sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modul
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout[-2000:]
 
 
-def test_importing_the_api_costs_at_most_a_quarter_more_than_importing_diffusers():
-    """`import glance_lite.api` may import torch only because `import diffusers` does; measured in one run, best of 3."""
-
-    def best(statement: str) -> float:
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            proc = run_python("-c", statement)
-            times.append(time.perf_counter() - started)
-            assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
-        return min(times)
-
-    api, diffusers = best("import glance_lite.api"), best("import diffusers")
-    assert api <= 1.25 * diffusers, f"import glance_lite.api {api:.2f} s, import diffusers {diffusers:.2f} s"
+def test_importing_the_api_loads_no_pipeline_model_library_or_quantizer():
+    """Why `import glance_lite.api` is cheap (its time beside `import diffusers`: benchmarks/startup_time.py)."""
+    heavy = ("diffusers", "transformers", "peft", "accelerate", "bitsandbytes", "torchao", "optimum", "safetensors", "PIL")
+    proc = run_python("-c", f"import sys, glance_lite.api; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(heavy)!r}))")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout

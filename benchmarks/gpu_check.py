@@ -18,8 +18,9 @@ GPU profile in turn, capped to the profile's card with `torch.cuda.set_per_proce
 
 The text encoder is replaced by random prompt embeddings of the real shape (the text_encode stage measures nothing);
 latencies are those of the card the check ran on, whatever the cap. multi-gpu needs two GPUs and is skipped on one.
-A profile that does not finish within --budget-s is skipped with the reason, so the tables always come back.
-Writes gpu-check.md and gpu-check.json to --out (default $OUT, else benchmarks/results/).
+Order: each profile's image, with the 4090 and 12gb training steps right after their images. Whatever would start
+after --budget-s is skipped with the reason, and the tables are rewritten after every job, so they come back even
+from a run cut short. Writes gpu-check.md and gpu-check.json to --out (default $OUT, else benchmarks/results/).
 """
 
 from __future__ import annotations
@@ -297,40 +298,60 @@ def main(argv: list[str] | None = None) -> dict:
             C.write_random_lora(C.meta_module(arch, "transformer"), family, path, rank=family.recipe.rank,
                                 alpha=family.recipe.alpha, seed=seed, dtype=torch.bfloat16)  # fmt: skip
             loras[phase] = path
-        for name in args.profile or GPU_PROFILES:
-            if name == "multi-gpu" and (device.type != "cuda" or torch.cuda.device_count() < 2):
-                report["profiles"].append({"profile": name, "skipped": "needs two GPUs"})
-                continue
-            if left() <= 0:
-                report["profiles"].append({"profile": name, "skipped": "time budget spent"})
-                continue
-            print(f"checking {name} ...", flush=True)
-            try:
-                run = check_profile(name, arch, loras, args)
-            except Exception as exc:  # one profile's failure is a result to report, not the end of the check
-                report["profiles"].append({"profile": name, "skipped": f"{type(exc).__name__}: {str(exc)[:300]}"})
-                _free()
-                continue
-            if run["streams"] and report["streamed_vs_resident"] is None and left() > 0:
-                report["streamed_vs_resident"] = streamed_equals_resident(run, arch, loras, args)
-            report["profiles"].append({k: v for k, v in run.items() if k not in ("latents", "image")})
-    for name in args.train_profile or TRAIN_PROFILES:
-        if left() <= 0:
-            report["training"].append({"profile": name, "skipped": "time budget spent"})
-            continue
-        print(f"training step under {name} ...", flush=True)
-        try:
-            report["training"].append(training_step(name, arch, args))
-        except Exception as exc:
-            report["training"].append({"profile": name, "skipped": f"{type(exc).__name__}: {str(exc)[:300]}"})
-            _free()
+        for kind, name in _jobs(args.profile or GPU_PROFILES, args.train_profile or TRAIN_PROFILES):
+            if kind == "image":
+                report["profiles"].append(_image_job(name, arch, loras, args, device, left, report))
+            else:
+                report["training"].append(_training_job(name, arch, args, left))
+            _write(report, args)  # after every job: a check cut short still leaves its tables
+    print(markdown(report))
+    return report
+
+
+def _jobs(image_profiles, train_profiles) -> list[tuple[str, str]]:
+    """Each profile's image, with its training step right after it (so the budget reaches the 4090 and 12gb steps
+    before the other cards' images), then any training step whose profile has no image run."""
+    jobs = []
+    for name in image_profiles:
+        jobs.append(("image", name))
+        if name in train_profiles:
+            jobs.append(("train", name))
+    return jobs + [("train", name) for name in train_profiles if name not in image_profiles]
+
+
+def _image_job(name: str, arch, loras: dict, args, device, left, report: dict) -> dict:
+    if name == "multi-gpu" and (device.type != "cuda" or torch.cuda.device_count() < 2):
+        return {"profile": name, "skipped": "needs two GPUs"}
+    if left() <= 0:
+        return {"profile": name, "skipped": "time budget spent"}
+    print(f"checking {name} ...", flush=True)
+    try:
+        run = check_profile(name, arch, loras, args)
+    except Exception as exc:  # one profile's failure is a result to report, not the end of the check
+        _free()
+        return {"profile": name, "skipped": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    if run["streams"] and report["streamed_vs_resident"] is None and left() > 0:
+        report["streamed_vs_resident"] = streamed_equals_resident(run, arch, loras, args)
+    return {k: v for k, v in run.items() if k not in ("latents", "image")}
+
+
+def _training_job(name: str, arch, args, left) -> dict:
+    if left() <= 0:
+        return {"profile": name, "skipped": "time budget spent"}
+    print(f"training step under {name} ...", flush=True)
+    try:
+        return training_step(name, arch, args)
+    except Exception as exc:
+        _free()
+        return {"profile": name, "skipped": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+def _write(report: dict, args) -> None:
     folder = args.out or C.RESULTS_DIR
     folder.mkdir(parents=True, exist_ok=True)
     text = markdown(report)
     C.write_text(folder / "gpu-check.md", text)
     (folder / "gpu-check.json").write_text(json.dumps(report, indent=2, default=str))
-    print(text)
-    return report
 
 
 if __name__ == "__main__":

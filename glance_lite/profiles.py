@@ -327,8 +327,10 @@ def _check_consistency(data: dict) -> list[str]:
 
 def parse_profile(data: Any, source: str = "<profile>") -> Profile:
     """Validate a YAML mapping and build the `Profile`; every problem is reported at once, each naming its field."""
+    if data is None:
+        raise ProfileError(f"{source} is empty: a profile is a YAML mapping of settings; copy a built-in one to start (profiles/*.yaml)")
     if not isinstance(data, dict):
-        raise ProfileError(f"{source}: a profile must be a YAML mapping, got {type(data).__name__}")
+        raise ProfileError(f"{source}: a profile must be a YAML mapping of settings (name: ..., components: ...), got a {type(data).__name__}")
     errors = _check_mapping(data, _TOP_FIELDS, "")
     components = data.get("components")
     if isinstance(components, dict):

@@ -116,6 +116,15 @@ def test_wrong_type_names_the_field(tmp_path, edit, expected):
         load_profile(str(write_profile(tmp_path, edit)))
 
 
+@pytest.mark.parametrize("text, expected", [("", r"empty\.yaml is empty: a profile is a YAML mapping"),
+                                             ("- 4090\n", r"must be a YAML mapping of settings .* got a list")])
+def test_an_empty_or_non_mapping_profile_file_says_what_a_profile_is(tmp_path, text, expected):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    with pytest.raises(ProfileError, match=expected):
+        load_profile(str(path))
+
+
 def test_missing_required_key_is_reported(tmp_path):
     path = write_profile(tmp_path, lambda d: d.pop("system_ram_gb"))
     with pytest.raises(ProfileError, match=r"foo\.yaml: missing required key 'system_ram_gb'"):

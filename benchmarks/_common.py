@@ -391,11 +391,11 @@ def materialize_(
             "bitsandbytes quantizes only while loading a checkpoint."
         )
     for index, (name, unit) in enumerate(_units(module)):
-        buffers = {name: buf for name, buf in unit.named_buffers()}  # init_empty_weights left them real
+        buffers = dict(unit.named_buffers())  # init_empty_weights left them real
         unit.to(dtype=dtype)  # meta parameters: free
         unit.to_empty(device=init_device)
-        for name, buf in buffers.items():
-            owner, _, leaf = name.rpartition(".")
+        for buffer_name, buf in buffers.items():
+            owner, _, leaf = buffer_name.rpartition(".")
             setattr(unit.get_submodule(owner) if owner else unit, leaf, buf.to(init_device))
         generator = torch.Generator(device=init_device).manual_seed(seed * 100_003 + index)
         _random_init_(unit, generator, std)

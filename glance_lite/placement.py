@@ -23,7 +23,6 @@ from dataclasses import dataclass
 STAGES = ("text_encode", "vae_encode", "denoise", "vae_decode", "train_step", "idle")
 STATES = ("run", "keep", "park", "evict")
 MODES = ("whole", "streamed", "sharded")
-_DTYPE_OF_PRECISION = {"bf16": "bfloat16", "fp16": "float16", "no": "float32"}
 
 
 @dataclass(frozen=True)
@@ -37,14 +36,6 @@ class Placement:
     dtype: str  # dtype of the unquantized parameters, which is also the compute dtype of its activations
     quantization: str  # storage of the quantized weights ("none": plain `dtype`)
     mode: str = "whole"  # MODES: how the weights are laid out while it runs (or is kept, for sharded ones)
-
-    @property
-    def compute_dtype(self) -> str:
-        return self.dtype
-
-    @property
-    def on_gpu(self) -> bool:
-        return self.device.startswith("cuda")
 
 
 def stage_components(stage: str, family=None) -> tuple[str, ...]:
@@ -75,7 +66,7 @@ def placement(profile, component: str, stage: str, rank: int = 0, *, family=None
     dtype, quantization, placement_kind = policy.dtype, policy.quantization, policy.placement
     if stage == "train_step" and component == "transformer":  # the frozen base as the training policy holds it
         training = profile.training
-        dtype, quantization = _DTYPE_OF_PRECISION[training.mixed_precision], training.base_quantization
+        dtype, quantization = training.dtype, training.base_quantization
         placement_kind = "group_offload" if training.block_offload else "resident"
     on_cpu = device == "cpu" or profile.device == "cpu" or placement_kind == "cpu"
     home = "cpu" if on_cpu else f"cuda:{gpu_index(profile, component, rank)}"

@@ -71,9 +71,6 @@ from .stages import (
 from .storage import DTYPE_BYTES, component_bytes, largest_quantized_weight, quantized_weight_bytes
 
 STAGES = ("text_encode", "slow_phase", "fast_phase", "vae_decode", "train_step")
-# The planner's stage -> the placement stage it is part of.
-PLACEMENT_STAGE = {"text_encode": "text_encode", "slow_phase": "denoise", "fast_phase": "denoise",
-                   "vae_decode": "vae_decode", "train_step": "train_step"}  # fmt: skip
 GENERATION_STEPS_DEFAULT = 10  # 5 slow + 5 fast
 
 __all__ = [
@@ -130,9 +127,9 @@ def _phase_plan(configs: ModelConfigs, height: int, width: int, mode: str) -> di
 def _denoise_streaming(ctx: StageContext, denoise_acts: dict, notes) -> StreamedWeights | None:
     """The streamed transformer of the denoise stage, with as many blocks resident as the VRAM target allows
     (computed for the profile's card even when emulated on the CPU, so the CPU run splits the blocks the same way)."""
-    if ctx.profile.component("transformer").placement != "group_offload":
+    if ctx.place("transformer", "denoise").mode != "streamed":
         return None
-    gpu_ctx = ctx if ctx.device is None else StageContext(**{**vars(ctx), "device": None})
+    gpu_ctx = ctx.on_card()
     streaming = inference_streaming(gpu_ctx, "transformer")
 
     def peak(candidate: StreamedWeights) -> int:
@@ -143,7 +140,7 @@ def _denoise_streaming(ctx: StageContext, denoise_acts: dict, notes) -> Streamed
     return streaming.with_resident(choose_resident_blocks(streaming, peak, gpu_ctx.target(), setting))
 
 
-def training_terms(ctx: StageContext, inv: Inventory, tokens: Tokens, batch: int) -> ActivationTerms:
+def _training_terms(ctx: StageContext, inv: Inventory, tokens: Tokens, batch: int) -> ActivationTerms:
     """The training step's activations: the checkpointed forward and backward of the frozen base in its dtype."""
     training = ctx.profile.training
     where = ctx.place("transformer", "train_step")
@@ -152,7 +149,7 @@ def training_terms(ctx: StageContext, inv: Inventory, tokens: Tokens, batch: int
     return ActivationTerms(formula, _dequant_transient(inv, where.dtype, where.quantization))
 
 
-def _activation_terms(ctx: StageContext, configs, family, tokens, batch: int, masked: bool, height, width, side) -> dict:
+def _activation_terms(ctx: StageContext, family, tokens, batch: int, height, width, side) -> dict:
     """Plan stage -> component -> ActivationTerms, in the dtype each component computes in (`placement`)."""
     inventories = ctx.inventories
     denoise = ctx.place("transformer", "denoise")
@@ -175,7 +172,7 @@ def _activation_terms(ctx: StageContext, configs, family, tokens, batch: int, ma
     return terms
 
 
-def _train_stage(ctx: StageContext, inv: Inventory, tokens: Tokens, lora_params: int, batch: int) -> tuple[StagePlan, StreamedWeights | None]:
+def _train_stage(ctx: StageContext, inv: Inventory, acts: int, lora_params: int) -> tuple[StagePlan, StreamedWeights | None]:
     """One LoRA step: frozen base (training quantization, block streaming with resident blocks), fp32 LoRA weights,
     gradients and optimizer state, checkpointed activations. Text embeddings and latents are cached beforehand,
     so neither the text encoder nor the VAE is loaded. Resident blocks are chosen for the profile's card, also when
@@ -186,8 +183,9 @@ def _train_stage(ctx: StageContext, inv: Inventory, tokens: Tokens, lora_params:
     dtype = where.dtype
     block_bytes, outside = frozen_base_bytes(inv, dtype, where.quantization)
     trainable = lora_params * (LORA_TRAIN_PARAM_BYTES + LORA_GRAD_BYTES + OPTIMIZER_STATE_BYTES[training.optimizer])
-    acts = training_terms(ctx, inv, tokens, batch).total()
     base = sum(block_bytes) + outside
+
+    placements = {name: ctx.place(name, "train_step") for name in ctx.comps}
 
     def stage_with(streaming: StreamedWeights | None, device: str) -> StagePlan:
         on_gpu = device != "cpu"
@@ -206,13 +204,12 @@ def _train_stage(ctx: StageContext, inv: Inventory, tokens: Tokens, lora_params:
             f"frozen base {where.quantization} in {dtype}: {base / GiB:.2f} GiB"
             + (f", {len(streaming.resident)} of {len(block_bytes)} blocks resident, the rest streamed" if streaming else " resident"),
         )
-        placements = {name: ctx.place(name, "train_step") for name in ctx.comps}
         return StagePlan("train_step", ("transformer",), weights, streamed, {device: acts}, overhead, ctx.budget(), notes, placements)
 
     if where.mode != "streamed":
         return stage_with(None, where.device), None
     streaming = StreamedWeights(block_bytes, outside, (), training.blocks_per_group or 1, TRAINING_STREAM_IN_FLIGHT)
-    target = ctx.target() if ctx.device is None else StageContext(**{**vars(ctx), "device": None}).target()
+    target = ctx.on_card().target()
     if on_card.device != "cpu":
         peak = lambda s: stage_with(s, on_card.device).peak(on_card.device)  # noqa: E731
         streaming = streaming.with_resident(choose_resident_blocks(streaming, peak, target, training.resident_blocks))
@@ -289,19 +286,19 @@ def plan(
     masked = family.masks_batched_prompts and batch > 1
 
     # ---- activations per component (the largest moment of each), in the dtype each computes in
-    terms = _activation_terms(ctx, configs, family, tokens, batch, masked, height, width, side)
+    terms = _activation_terms(ctx, family, tokens, batch, height, width, side)
+    terms["train_step"] = {"transformer": _training_terms(ctx, transformer, tokens["train"], train_batch_size)}
     text_acts = {name: t.total() for name, t in terms["text_encode"].items()}
-    transformer_acts = terms["slow_phase"]["transformer"].total()
+    denoise_acts = {name: t.total() for name, t in terms["slow_phase"].items()}
     vae_decode = terms["vae_decode"]["vae"].total()
     denoise_where = ctx.place("transformer", "denoise")
 
     # ---- sharding (multi-GPU): split the transformer blocks across GPUs by what each GPU has left
     device_map: dict[str, int] = {}
     if denoise_where.mode == "sharded":
-        ctx.shard_of, device_map = shard_plan(ctx, {"transformer": transformer_acts, "vae": vae_decode, **text_acts})
+        ctx.shard_of, device_map = shard_plan(ctx, {"transformer": denoise_acts["transformer"], "vae": vae_decode, **text_acts})
 
     # ---- stages
-    denoise_acts = {name: t.total() for name, t in terms["slow_phase"].items()}
     notes = [f"{tokens['generate'].total} tokens x batch {batch}; {forwards} transformer forwards per image"]
     if masked:
         notes.append("batched CFG pads the two prompts to one length: the fused kernels read the padding mask as a "
@@ -311,7 +308,7 @@ def plan(
     streaming = _denoise_streaming(ctx, denoise_acts, notes)
     denoise_streaming = {"transformer": streaming} if streaming is not None else None
     train_stage, train_streaming = _train_stage(
-        ctx, transformer, tokens["train"], lora_param_count(transformer, family.lora_target_modules, rank), train_batch_size
+        ctx, transformer, terms["train_step"]["transformer"].total(), lora_param_count(transformer, family.lora_target_modules, rank)
     )
     stages = {
         "text_encode": build_stage(ctx, "text_encode", "text_encode", text_acts, [f"{gen_text} prompt tokens per prompt"]),
@@ -340,7 +337,7 @@ def plan(
         model=configs.model, family=family.name, profile=profile, height=height, width=width, lora_rank=rank, batch=batch,
         tokens=tokens, components=comps, stages=stages, transformer_forwards=forwards, device_map=device_map,
         phase_plan=_phase_plan(configs, height, width, mode), resident_blocks=resident, pcie=pcie, device=device,
-        activation_terms={**terms, "train_step": {"transformer": training_terms(ctx, transformer, tokens["train"], train_batch_size)}},
+        activation_terms=terms,
         options=options,
     )  # fmt: skip
     if simulate:

@@ -11,6 +11,7 @@ each transfer overlaps the compute of the resident blocks before it.
 from __future__ import annotations
 
 from collections.abc import Iterable
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..placement import Placement, gpu_index, placement
@@ -116,6 +117,10 @@ class StageContext:
     def place(self, component: str, stage: str) -> Placement:
         return placement(self.profile, component, stage, family=self.family, device=self.device)
 
+    def on_card(self) -> StageContext:
+        """The same plan on the profile's own card: what a CPU emulation sizes its residency for."""
+        return self if self.device is None else dataclasses.replace(self, device=None)
+
     def gpus(self) -> list[str]:
         if self.profile.device == "cpu" or self.device == "cpu":
             return []
@@ -193,7 +198,7 @@ def build_stage(
         else:  # whole on its device (a GPU, or RAM on a CPU)
             _add(weights, where.device, total)
             targets = [where.device]
-            reloaded = ctx.profile.component(component).placement == "evict_after_use" and component != "vae"
+            reloaded = ctx.place(component, "idle").state == "evict"
             if where.state == "run" and reloaded and where.device != "cpu":
                 loading = max(loading, min(LOAD_SHARD_BYTES, total))  # read from disk again, shard by shard
         if where.state == "run":
@@ -264,7 +269,7 @@ def pcie_per_image(ctx: StageContext, streaming: StreamedWeights | None, forward
         kind = policy.placement
         if kind in ("resident", "sharded", "cpu"):
             continue
-        if kind == "evict_after_use" and name != "vae":
+        if ctx.place(name, "idle").state == "evict":
             total += comp.total_bytes  # loaded onto the GPU again for every image
         elif kind in ("model_offload", "evict_after_use"):
             total += 2 * comp.total_bytes  # in for its stage, back to RAM after it

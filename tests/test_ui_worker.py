@@ -5,6 +5,7 @@ No browser and no model: the jobs here are plain functions, so what is tested is
 
 import threading
 
+from glance_lite.errors import UserError
 from glance_lite.ui.worker import CANCELLED, DONE, FAILED, Worker
 
 
@@ -45,10 +46,22 @@ def test_a_failing_request_reports_its_message_and_the_worker_survives():
     worker = Worker()
 
     def refuse(job):
-        raise ValueError("height=60 is not a multiple of 16")
+        raise UserError("height=60 is not a multiple of 16")  # a user's mistake, as the library raises it
 
     failed = worker.submit("generate", refuse)
     fine = worker.submit("generate", lambda job: "ok")
     assert fine.wait(10) and failed.wait(10)
     assert (failed.state, failed.error) == (FAILED, "height=60 is not a multiple of 16")
     assert (fine.state, fine.result) == (DONE, "ok")
+
+
+def test_an_internal_failure_is_not_passed_off_as_the_users_mistake():
+    """The page draws the line where the command lines do (`cli.is_user_error`): a torch RuntimeError is a bug."""
+    worker = Worker()
+
+    def crash(job):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    failed = worker.submit("generate", crash)
+    assert failed.wait(10) and failed.state == FAILED
+    assert failed.error.startswith("Unexpected error (RuntimeError: CUDA error") and "server log" in failed.error

@@ -12,11 +12,11 @@ import logging
 import traceback
 from dataclasses import dataclass
 
+from ..cli import error_text, is_user_error
+
 logger = logging.getLogger("glance_lite.ui")
 
 DEFAULT_MODEL = "pocket/qwen-image"
-# The refusals the CLI prints as one line (its `except` clauses): the page shows their text as it is.
-USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
 
 
 def model_choices() -> list[str]:
@@ -56,7 +56,9 @@ def choose_profile(name: str | None, model: str, height: int, width: int) -> Pro
     if name in (None, "", "auto"):
         try:
             profile, why = select_profile(model, height, width)
-        except USER_ERRORS as exc:
+        except Exception as exc:
+            if not is_user_error(exc):
+                raise
             raise ValueError(
                 f"The auto profile needs the memory planner, which cannot plan {model} ({exc}). Choose a profile."
             ) from None
@@ -86,16 +88,17 @@ def memory_plan(model: str, profile, height: int, width: int) -> PlanOutcome:
         prediction = plan(model, profile, height, width)
         leaner = None if prediction.fits else prediction.leaner_profile_hint()
     except Exception as exc:  # whatever the planner raises, generation goes on without it
-        if not isinstance(exc, USER_ERRORS):
+        if not is_user_error(exc):
             logger.warning("The memory planner failed:\n%s", "".join(traceback.format_exception(exc)))
         return PlanOutcome(unavailable=str(exc) or type(exc).__name__)
     return PlanOutcome(prediction, None, leaner)
 
 
 def describe_error(exc: BaseException) -> str:
-    """The one-line text the page shows for a failure. Unexpected ones also go to the server log with a traceback."""
-    if isinstance(exc, USER_ERRORS):
-        return str(exc)
+    """The one-line text the page shows for a failure: a user's mistake as the command lines word it
+    (`glance_lite.cli`); unexpected ones also go to the server log with a traceback."""
+    if is_user_error(exc):
+        return error_text(exc).removeprefix("error: ")
     from safetensors import SafetensorError
 
     if isinstance(exc, SafetensorError):

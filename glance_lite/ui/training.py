@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..loss_log import read_loss_csv
 from ..train_config import PHASES
 from .library import describe_error
@@ -225,7 +226,7 @@ def training_job(cache: ModelCache, request: TrainingRequest, workdir: Path, thr
                 child.terminate()
             child.join(timeout=30)
         if outcome[0] != "done":
-            raise RuntimeError(outcome[1])
+            raise UserError(outcome[1])  # already described for the page (`describe_error`), in the child
         return trained_run(runs_folder(workdir), request.run_name)
 
     return run

@@ -62,12 +62,8 @@ def placement_problem(quantization: str, placement: str) -> str | None:
 
 
 def training_problem(base_quantization: str, block_offload: bool) -> str | None:
-    """Why the trainer cannot hold its frozen base this way; None if fine."""
-    if base_quantization not in TRAINING_QUANTIZATIONS:
-        return (
-            f"training.base_quantization {base_quantization!r} is not a training storage: the trainer's frozen base "
-            f"uses {', '.join(TRAINING_QUANTIZATIONS)} (torchao is for inference storage here)"
-        )
+    """Why the trainer cannot hold its frozen base this way; None if fine. (A storage outside
+    TRAINING_QUANTIZATIONS is refused by the profile's field check before this is asked.)"""
     if block_offload and backend(base_quantization) == "bnb":
         return (
             f"training.base_quantization {base_quantization!r} with training.block_offload is refused: bitsandbytes "

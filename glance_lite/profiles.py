@@ -274,10 +274,10 @@ def _check_consistency(data: dict) -> list[str]:
             )
         if not on_cpu and policy.get("gpu", 0) >= max(num_gpus, 1):
             errors.append(f"{path}.gpu = {policy['gpu']} but the profile has num_gpus = {num_gpus}")
-        if on_cpu and policy["quantization"].startswith("bnb-"):
-            errors.append(f"{path}.quantization = {policy['quantization']!r} needs a CUDA GPU (bitsandbytes loading)")
         problem = placement_problem(policy["quantization"], placement)
-        if problem:
+        if on_cpu and policy["quantization"].startswith("bnb-"):  # one error for the field, the more direct one
+            errors.append(f"{path}.quantization = {policy['quantization']!r} needs a CUDA GPU (bitsandbytes loading)")
+        elif problem:
             errors.append(f"{path}: {problem}")
     transformer = components.get("transformer", {})
     if data.get("fuse_lora") and transformer.get("quantization", "none") != "none":

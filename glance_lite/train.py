@@ -289,15 +289,16 @@ def train_phase(run: Run, phase: str) -> PhaseResult:
         loss = F.mse_loss(velocity.float(), target.float())
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else _gradient_norm(params)
-        if divergence.check(loss.item(), float(grad_norm)):
+        loss_value = loss.item()  # one device sync per step, read before the optimizer step
+        if divergence.check(loss_value, float(grad_norm)):
             bar.close()
             raise TrainingDivergedError(_divergence_message(run, phase, step + 1, divergence.what))
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        log.record(step + 1, loss.item(), lr, draw.timestep)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        log.record(step + 1, loss_value, lr, draw.timestep)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
         bar.update()
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             _save_checkpoint(run, phase, step + 1, optimizer, lr_scheduler, sampler, eval_before)

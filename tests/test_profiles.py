@@ -116,6 +116,14 @@ def test_wrong_type_names_the_field(tmp_path, edit, expected):
         load_profile(str(write_profile(tmp_path, edit)))
 
 
+def test_bitsandbytes_on_a_cpu_profile_is_one_error_for_its_field(tmp_path):
+    cpu_bnb = lambda d: d["components"]["text_encoder"].update(quantization="bnb-int8")  # noqa: E731
+    with pytest.raises(ProfileError) as err:
+        load_profile(str(write_profile(tmp_path, cpu_bnb, base="cpu")))
+    assert str(err.value).count("components.text_encoder") == 1, str(err.value)
+    assert "'bnb-int8' needs a CUDA GPU" in str(err.value)
+
+
 @pytest.mark.parametrize("text, expected", [("", r"empty\.yaml is empty: a profile is a YAML mapping"),
                                              ("- 4090\n", r"must be a YAML mapping of settings .* got a list")])
 def test_an_empty_or_non_mapping_profile_file_says_what_a_profile_is(tmp_path, text, expected):

@@ -189,6 +189,13 @@ class Glance:
 
         denoise_components = tuple(c for c in family.denoise_components if c in manager.components)
         latents, noise, settings, phase_seconds, switch_seconds = [], [], [], {}, {}
+        shared_settings = {  # what every prompt's image records alike (files hashed once)
+            "negative_prompt": negative_prompt, "height": height, "width": width, "mode": mode, "base_steps": base_steps,
+            "true_cfg_scale": scale,
+            "split": None if base_steps else {p: list(getattr(split or self.split, p)) for p in ("slow", "fast")},
+            "generator_device": generator_device, "latents": "given" if given is not None else None,
+            "image": file_entry(image) if isinstance(image, (str, Path)) else None, **self._model_settings(),
+        }  # fmt: skip
         with manager.stage("denoise", denoise_components) as pipe:
             for i, cond in enumerate(conds):
                 generator = torch.Generator(generator_device).manual_seed(seed + i)
@@ -196,13 +203,7 @@ class Glance:
                 if given is not None:
                     state.latents = _given_latents(given[i], state.latents)
                 noise.append(state.latents.detach().cpu())
-                settings.append({
-                    "prompt": prompts[i], "negative_prompt": negative_prompt, "seed": seed + i, "height": height,
-                    "width": width, "mode": mode, "base_steps": base_steps, "true_cfg_scale": scale,
-                    "split": None if base_steps else {p: list(getattr(split or self.split, p)) for p in ("slow", "fast")},
-                    "generator_device": generator_device, "latents": "given" if given is not None else None,
-                    "image": file_entry(image) if isinstance(image, (str, Path)) else None, **self._model_settings(),
-                })  # fmt: skip
+                settings.append({"prompt": prompts[i], "seed": seed + i, **shared_settings})
                 run = sample(
                     pipe.transformer, family, plan, state, cond, uncond, scale, adapters,
                     batch_cfg=bool(getattr(self.profile, "batch_cfg", False)),

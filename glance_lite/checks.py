@@ -75,9 +75,12 @@ def check_writable_folder(folder: str | Path, what: str) -> None:
     os.unlink(probe)
 
 
-def check_output_file(path: str | Path, what: str = "--out", overwrite: bool = False, extensions: Sequence[str] = IMAGE_OUTPUT_EXTENSIONS) -> Path:
-    """A file to write: not a folder, one of `extensions` (default: a PNG image), a writable folder, and no existing
-    file unless `overwrite`."""
+def check_output_file(
+    path: str | Path, what: str = "--out", overwrite: bool = False, extensions: Sequence[str] = IMAGE_OUTPUT_EXTENSIONS,
+    probe_folder: bool = True,
+) -> Path:
+    """A file to write: not a folder, one of `extensions` (default: a PNG image), a writable folder (`probe_folder`:
+    tried here), and no existing file unless `overwrite`."""
     text = os.fspath(path)
     path = Path(text).expanduser()
     if text.endswith(("/", os.sep)) or path.is_dir():
@@ -89,7 +92,8 @@ def check_output_file(path: str | Path, what: str = "--out", overwrite: bool = F
         raise OutputPathError(f"{what} {text} has {found}; use {choices}{why}.")
     if path.exists() and not overwrite:
         raise OutputPathError(f"{what} {text} already exists; pass --overwrite to replace it, or choose another name.")
-    check_writable_folder(path.parent, what)
+    if probe_folder:
+        check_writable_folder(path.parent, what)
     return path
 
 
@@ -100,4 +104,7 @@ def check_output_files(paths: Sequence[Path], what: str, overwrite: bool = False
     if existing and not overwrite:
         names = ", ".join(str(p) for p in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
         raise OutputPathError(f"{what}: {names} already exist; pass --overwrite to replace them, or choose another folder.")
-    return [check_output_file(p, what, overwrite=True) for p in paths]
+    checked = [check_output_file(p, what, overwrite=True, probe_folder=False) for p in paths]
+    for folder in dict.fromkeys(p.parent for p in checked):  # one write probe per folder, not per file
+        check_writable_folder(folder, what)
+    return checked

@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         split=split, height=args.height, width=args.width, device=args.device,
     )  # fmt: skip
     mine = _process_share(list(zip(prompts, outputs)))
+    latents_record = {"latents": file_entry(args.latents)} if args.latents else {}  # the file, hashed once
     reports = []
     for index, (prompt, out) in mine:
         result = glance.generate(
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         if not reports:
             for lora in result.lora_reports:
                 print(lora.summary(), file=sys.stderr)
-        settings = result.settings[0] | ({"latents": file_entry(args.latents)} if args.latents else {})
+        settings = result.settings[0] | latents_record
         save_png(result.image, out, settings)
         reports.append({"prompt": prompt, "output": str(out), "seed": args.seed + index, **result.to_dict()})
         if not args.json:

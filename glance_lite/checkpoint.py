@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import UserError, library_reason
 
 STEP_PREFIX = "step-"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -73,10 +73,8 @@ class Checkpoint:
 
 def _reason(exc: BaseException) -> str:
     """The first sentence of a library's error, e.g. 'PytorchStreamReader failed reading zip archive: failed finding
-    central directory' (the rest is advice for the library's developers)."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0].split(". ")[0].rstrip(".") if lines else ""
-    return text[:160] or type(exc).__name__
+    central directory'."""
+    return library_reason(exc).split(". ")[0].rstrip(".") or type(exc).__name__
 
 
 def check_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:

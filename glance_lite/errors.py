@@ -61,6 +61,12 @@ def read_text_file(path: str | Path, what: str, error: type[Exception] = InputFi
         ) from None
 
 
+def library_reason(exc: BaseException, limit: int = 160) -> str:
+    """The first line of a library's error (what follows is advice for its developers), or its type's name."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0][:limit] if lines else "") or type(exc).__name__
+
+
 def one_line(text: str) -> str:
     """A library's multi-line message (a YAML error with its context lines, ...) as one line."""
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip())

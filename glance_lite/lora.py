@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from . import cli
-from .errors import UserError
+from .errors import UserError, library_reason
 
 if TYPE_CHECKING:
     import torch
@@ -175,9 +175,16 @@ def _unreadable(path: Path, exc: OSError) -> LoraFileError:
 
 def _not_safetensors(path: Path, exc: Exception) -> LoraFileError:
     return LoraFileError(
-        f"{path} is not a safetensors file ({str(exc).splitlines()[0][:120]}): give a LoRA .safetensors file "
+        f"{path} is not a safetensors file ({library_reason(exc, 120)}): give a LoRA .safetensors file "
         "(python -m glance_lite.lora info FILE checks one)."
     )
+
+
+_LORA_FACTORS = "no lora_A/lora_B, lora.down/lora.up or lora_down/lora_up weights"
+
+
+def _no_lora_keys(path: Path) -> LoraFileError:
+    return LoraFileError(f"{path} holds no LoRA keys ({_LORA_FACTORS}).")
 
 
 def check_lora_file_header(path: Path) -> None:
@@ -203,7 +210,7 @@ def check_lora_file_header(path: Path) -> None:
     if 8 + length + end > size:
         raise LoraFileError(f"{path} is cut short ({size} of {8 + length + end} bytes): copy or download it again.")
     if not any(_LAYER_SUFFIX.search(key) for key in tensors):
-        raise LoraFileError(f"{path} holds no LoRA keys (no lora_A/lora_B, lora.down/lora.up or lora_down/lora_up weights).")
+        raise _no_lora_keys(path)
 
 
 def _adapter_metadata(file_metadata: dict) -> dict | None:
@@ -356,7 +363,7 @@ def read_lora_layout(path: str | Path) -> LoraFile:
     tensors, file_metadata = _read_safetensors(path)
     lora = LoraFile.from_tensors(path, tensors, file_metadata)
     if not lora.modules:
-        raise LoraFileError(f"{path} holds no LoRA keys (no lora_A/lora_B, lora.down/lora.up or lora_down/lora_up weights).")
+        raise _no_lora_keys(path)
     unknown = [k for k in tensors if not _parse_key(k)]
     unknown += [f"{m} (one of its two factors only)" for m, pair in lora.modules.items() if len(pair) != 2]
     if unknown:
@@ -396,9 +403,13 @@ def lora_origin(modules) -> str | None:
 
 def check_lora_fits(state_dict: dict[str, torch.Tensor], transformer, family, source: str) -> None:
     """Refuse a LoRA made for another architecture before anything is loaded (works on a meta-device model)."""
-    modules = lora_modules(normalize_lora_keys(state_dict))
+    check_modules_fit(lora_modules(normalize_lora_keys(state_dict)), transformer, family, source)
+
+
+def check_modules_fit(modules: dict, transformer, family, source: str) -> None:
+    """`check_lora_fits` for a file already grouped by module (`LoraFile.modules`)."""
     if not modules:
-        raise LoraMismatchError(f"{source} contains no LoRA layers (no lora_A/lora_B or lora.down/lora.up keys).")
+        raise LoraMismatchError(f"{source} contains no LoRA layers ({_LORA_FACTORS}).")
     missing, misshaped = lora_fit_problems(modules, linear_shapes(transformer))
     if missing or misshaped:
         origin = lora_origin(modules)
@@ -418,8 +429,8 @@ def load_lora(transformer, family, source: LoraSource, adapter_name: str, compat
         raise ValueError(f"Unknown lora_compat {compat!r}: choose 'trained' (every key, trained scale) or 'diffusers'.")
     path = source.resolve()
     tensors, file_metadata = _read_safetensors(path)
-    check_lora_fits(tensors, transformer, family, str(source))
     lora = LoraFile.from_tensors(path, tensors, file_metadata)
+    check_modules_fit(lora.modules, transformer, family, str(source))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")  # the slow and fast adapters: intended
         if compat == "diffusers":
@@ -654,7 +665,7 @@ def describe_lora_file(path: str | Path, model: str | None = None) -> LoraFileIn
         try:
             dropped = diffusers_dropped_layers(lora.path, family, lora.modules)
         except Exception as exc:  # whatever diffusers raises on this file is what a diffusers user would see
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            error = f"{type(exc).__name__}: {library_reason(exc, 200)}"
     return LoraFileInfo(lora, fits, fitting_models, checked, family, dropped, error)
 
 

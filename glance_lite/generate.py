@@ -117,21 +117,14 @@ def _check_before_loading(args):
         from .errors import existing_file
 
         existing_file(args.latents, "--latents")
-    family = _family_of(args.model)
+    from .models import family_of
+
+    family = family_of(args.model)
     if family.needs_condition_image and args.image is None:
         raise cli.UsageError(f"{args.model} is an image-editing model: pass the input image with --image PATH.")
     if args.image is not None and not family.needs_condition_image:
         raise cli.UsageError(f"--image is the input image of an image-editing model; {args.model} is a {family.name} model.")
     return split
-
-
-def _family_of(model: str):
-    """The model's family from its id or model_index.json, without building or loading it."""
-    from .families import family_by_name
-    from .models import resolve_model
-    from .tiny import family_name, is_tiny_model_id
-
-    return family_by_name(family_name(model)) if is_tiny_model_id(model) else resolve_model(model).family
 
 
 def _process_share(items: list) -> list[tuple[int, object]]:

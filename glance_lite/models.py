@@ -53,19 +53,14 @@ def _read_model_index(model_id: str, download: bool = True) -> tuple[str, dict]:
             )
         return str(folder), json.loads(index.read_text())
     if model_id.startswith(("tiny/", "pocket/", "realwidth/")):
-        from .pocket import POCKET_MODEL_IDS
-        from .tiny import EMBEDDED_MODEL_IDS
-
-        known = ", ".join(EMBEDDED_MODEL_IDS + tuple(POCKET_MODEL_IDS))
-        raise ValueError(f"Unknown embedded model {model_id!r}. Embedded models: {known}.")
+        raise ValueError(f"Unknown embedded model {model_id!r}. Embedded models: {_embedded_model_ids()}.")
     if not download:
         cached = _hub_cached_file(model_id, "model_index.json")
         if cached is None:
             raise ValueError(
-                f"Model {model_id!r} is not a local folder, not an embedded model (tiny/qwen-image, tiny/flux, "
-                "tiny/qwen-image-edit, pocket/qwen-image), and its model_index.json is not in the local Hugging Face "
-                "cache. Nothing is downloaded here: pass a folder or download the model first "
-                "(`hf download <id> --local-dir DIR`)."
+                f"Model {model_id!r} is not a local folder, not an embedded model ({_embedded_model_ids()}), and its "
+                "model_index.json is not in the local Hugging Face cache. Nothing is downloaded here: pass a folder "
+                "or download the model first (`hf download <id> --local-dir DIR`)."
             )
         return model_id, json.loads(cached)
     return model_id, _hub_model_index(model_id)
@@ -98,11 +93,27 @@ def _hub_model_index(model_id: str) -> dict:
         return json.loads(Path(hf_hub_download(model_id, "model_index.json")).read_text())
     except Exception as exc:  # offline, unknown repo, gated repo: the user must act in every case
         raise ValueError(
-            f"Cannot open model {model_id!r}: it is not a local folder, not an embedded model (tiny/qwen-image, "
-            f"tiny/flux, tiny/qwen-image-edit), and the hub could not provide it ({type(exc).__name__}). "
+            f"Cannot open model {model_id!r}: it is not a local folder, not an embedded model ({_embedded_model_ids()}), "
+            f"and the hub could not provide it ({type(exc).__name__}). "
             "If this machine is offline, download the model elsewhere (`hf download <id> --local-dir DIR`) and "
             "pass the folder; check the spelling of the id otherwise."
         ) from None
+
+
+def _embedded_model_ids() -> str:
+    from .pocket import POCKET_MODEL_IDS
+    from .tiny import EMBEDDED_MODEL_IDS
+
+    return ", ".join(EMBEDDED_MODEL_IDS + tuple(POCKET_MODEL_IDS))
+
+
+def family_of(model_id: str):
+    """The model's family from its id or its model_index.json alone: nothing is built or loaded (an embedded tiny id
+    is named after its family; building it on first use would be loading a model), so inputs can be checked first."""
+    from .families import family_by_name
+    from .tiny import family_name, is_tiny_model_id
+
+    return family_by_name(family_name(model_id)) if is_tiny_model_id(model_id) else resolve_model(model_id).family
 
 
 def resolve_model(model_id: str, download: bool = True) -> ModelSource:

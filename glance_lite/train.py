@@ -59,6 +59,7 @@ from .data import (
 )
 from .errors import UserError
 from .loss_log import LossLog, plot_loss_curve, read_loss_csv
+from .models import family_of
 from .train_config import PHASES, RUN_KEYS, ConfigFile, TrainConfig, load_config_file, parse_set_options, read_config_file
 
 if TYPE_CHECKING:  # torch is imported where a run starts: `--help` and refusals answer before it loads
@@ -161,7 +162,9 @@ class Run:
 
     @property
     def dtype(self) -> torch.dtype:
-        return _dtype(self.profile.training.dtype)
+        from .quantize import torch_dtype
+
+        return torch_dtype(self.profile.training.dtype)
 
     @property
     def optimizer_name(self) -> str:
@@ -217,7 +220,7 @@ def train(
     runs the profile's training choices (quantized frozen base, block streaming, optimizer) on the CPU.
     """
     phases = _phases(phase)
-    family = _family_without_loading(model)
+    family = family_of(model)
     settings = read_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
     cfg = TrainConfig.for_family(family, {**settings, **overrides})
     if isinstance(cfg.timesteps, list) and len(phases) > 1:
@@ -419,25 +422,12 @@ def _written_by_a_run(path: Path) -> bool:
     return isinstance(data, dict) and "optimizer_used" in data and "model" in data
 
 
-def _family_without_loading(model: str):
-    """The model's family from `model_index.json` alone, so the dataset is checked before any model is built.
-
-    Embedded tiny ids are named after their family (building them on first use would be loading a model).
-    """
-    from .families import family_by_name
-    from .models import resolve_model
-    from .tiny import family_name, is_tiny_model_id
-
-    if is_tiny_model_id(model):
-        return family_by_name(family_name(model))
-    return resolve_model(model).family
-
-
 def _start_run(model, family, cfg, samples, output, profile, progress, verbose, restart, phases, device) -> Run:
     """Profile, accelerator, light pipeline, and every sample encoded (from the cache when possible)."""
     from .manager import ComponentManager
     from .memory import MemoryTracker
     from .models import resolve_model
+    from .quantize import torch_dtype
 
     source = resolve_model(model)
     resolved = _resolve_profile(profile, model, cfg.resolution)
@@ -451,7 +441,7 @@ def _start_run(model, family, cfg, samples, output, profile, progress, verbose, 
     fingerprint = model_fingerprint(source, resolved)
     cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else output / "cache", fingerprint)
     with accelerator.main_process_first():  # one process encodes, the others read its cache entries
-        examples = encode_examples(manager, family, samples, cfg, cache, run_dtype=_dtype(resolved.training.dtype))
+        examples = encode_examples(manager, family, samples, cfg, cache, run_dtype=torch_dtype(resolved.training.dtype))
     run = Run(model, cfg, family, resolved, accelerator, manager, output, examples, fingerprint, _data_digest(samples), progress, verbose)
     for example in examples:
         example.timesteps = {p: phase_timesteps(run, p, example.height, example.width) for p in PHASES}
@@ -493,12 +483,6 @@ def _make_accelerator(profile, device: str | None = None):
 
         AcceleratorState._reset_state()
     return Accelerator(cpu=on_cpu, mixed_precision=profile.training.mixed_precision, kwargs_handlers=[ddp])
-
-
-def _dtype(name: str) -> torch.dtype:
-    import torch
-
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
 def model_fingerprint(source, profile) -> str:
@@ -912,7 +896,7 @@ def main(argv: list[str] | None = None) -> int:
             raise cli.UsageError("--print-config needs --model.")
         import yaml
 
-        cfg = TrainConfig.for_family(_family_without_loading(run["model"]), settings)
+        cfg = TrainConfig.for_family(family_of(run["model"]), settings)
         print("".join(f"# {line}\n" for line in notes) + yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     for line in notes:

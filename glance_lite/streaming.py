@@ -48,11 +48,8 @@ class BlockStreamer:
     def __init__(self, transformer, device, blocks_per_group: int = 1, resident: set[int] = frozenset()):
         self.device = torch.device(device)
         self.park = torch.device(PARK_DEVICE)
-        blocks = transformer_blocks(transformer)
-        for index in sorted(resident):
-            blocks[index].to(self.device)
-        in_blocks = {id(m) for block in blocks for m in block.modules()}
-        streamed = [block for i, block in enumerate(blocks) if i not in resident]
+        streamed = [block for i, block in enumerate(transformer_blocks(transformer)) if i not in resident]
+        in_streamed = {id(m) for block in streamed for m in block.modules()}
         self.groups: list[list[tuple]] = []
         for start in range(0, len(streamed), blocks_per_group):
             slots = []
@@ -67,8 +64,8 @@ class BlockStreamer:
         trainable_in_slots = [key for group in self.groups for (m, kind, key, _) in group if kind == "param" and m._parameters[key].requires_grad]
         if trainable_in_slots:
             raise ValueError(f"Only adapter weights may be trainable when streaming blocks; found trainable {trainable_in_slots[:3]}.")
-        for name, module in transformer.named_modules():  # everything outside the blocks lives on the device
-            if id(module) not in in_blocks:
+        for module in transformer.modules():  # everything else (resident blocks included) lives on the device
+            if id(module) not in in_streamed:
                 module._apply(lambda t: t.to(self.device), recurse=False)
         self.resident: int | None = None
         for index, group in enumerate(self.groups):

@@ -105,7 +105,8 @@ def check_checkpoint(checkpoint: Checkpoint) -> dict[str, Any]:
 
 def newest_readable_checkpoint(folder: Path) -> tuple[Checkpoint | None, dict | None, list[tuple[Checkpoint, str]]]:
     """The newest checkpoint that passes `check_checkpoint` and its (memory-mapped) state, or None, None; and every
-    newer one that did not, with why."""
+    newer one that did not, with why. Leftovers of interrupted writes are deleted first."""
+    remove_interrupted_writes(folder)
     unreadable = []
     for checkpoint in reversed(list_checkpoints(folder)):
         try:
@@ -141,13 +142,18 @@ def list_checkpoints(folder: Path) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.step)
 
 
-def latest_checkpoint(folder: Path) -> Checkpoint | None:
-    """The newest complete checkpoint, after deleting leftovers of writes that a crash interrupted."""
+def remove_interrupted_writes(folder: Path) -> None:
+    """Delete the temporary folders of checkpoint writes that a crash interrupted."""
     folder = Path(folder)
     if folder.is_dir():
         for child in folder.iterdir():
             if child.name.startswith(_TEMP_PREFIX):
                 shutil.rmtree(child, ignore_errors=True)
+
+
+def latest_checkpoint(folder: Path) -> Checkpoint | None:
+    """The newest complete checkpoint, after deleting leftovers of writes that a crash interrupted."""
+    remove_interrupted_writes(folder)
     checkpoints = list_checkpoints(folder)
     return checkpoints[-1] if checkpoints else None
 

@@ -809,11 +809,10 @@ def _check_checkpoints(run: Run, phases) -> None:
     """Before anything is written: each phase's newest readable checkpoint, to resume from (`run.resume`). One of a
     different run is refused (`CheckpointMismatchError`); unreadable newer ones are set aside (kept, renamed) with a
     line naming each, and the run resumes from the one before them or starts over, saying so."""
-    from .checkpoint import check_same_run, latest_checkpoint, newest_readable_checkpoint, set_aside
+    from .checkpoint import check_same_run, newest_readable_checkpoint, set_aside
 
     found = {}
     for phase in phases:
-        latest_checkpoint(run.checkpoints(phase))  # removes the leftovers of a write a crash interrupted
         checkpoint, state, unreadable = newest_readable_checkpoint(run.checkpoints(phase))
         if checkpoint is not None:
             check_same_run(checkpoint, state, run.digest(phase), run.describe(phase))

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import glance_lite
-from glance_lite.checkpoint import latest_checkpoint, list_checkpoints, write_checkpoint
+from glance_lite.checkpoint import latest_checkpoint, list_checkpoints, newest_readable_checkpoint, write_checkpoint
 from glance_lite.data import DatasetError
 from glance_lite.lora import layer_alphas, read_lora_file
 from glance_lite.models import resolve_model
@@ -213,6 +213,9 @@ def test_an_interrupted_checkpoint_write_is_ignored_and_cleaned_up(tmp_path):
     assert latest_checkpoint(tmp_path).step == 3
     assert not leftover.exists()
     assert [c.step for c in list_checkpoints(tmp_path)] == [2, 3]
+    leftover.mkdir()  # the trainer's resume path (newest_readable_checkpoint) cleans up the same way
+    newest_readable_checkpoint(tmp_path)
+    assert not leftover.exists()
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path):

@@ -414,13 +414,6 @@ def materialize_(
     return module.eval().requires_grad_(False)
 
 
-def weight_bytes(module: torch.nn.Module, dtype: torch.dtype, quantization: str = "none") -> int:
-    """Bytes the module's parameters take in `dtype`, or in 1 byte (int8/fp8) / half a byte (int4) when quantized."""
-    count = sum(p.numel() for p in module.parameters())
-    per = {"quanto-qint4": 0.5}.get(quantization, 1 if quantization != "none" else torch.finfo(dtype).bits / 8)
-    return int(count * per)
-
-
 def random_prompt_embeddings(arch: Arch, prompt: str, tokens: int, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
     """What the family's text encoder would return for `prompt`, with the right shapes and seeded random values."""
     config = arch.config("transformer") | arch.transformer_overrides
@@ -522,13 +515,17 @@ def check_random_build_fits(arch: Arch, profile, vram_cap_gb: float | None = Non
     """Refuse before building what cannot fit: fp32 full size on a GPU, or weights larger than where they live."""
     import psutil
 
+    from glance_lite.placement import placement
+    from glance_lite.plan.inventory import inventory
+    from glance_lite.plan.storage import component_bytes
+
     policy = profile.component("transformer")
-    dtype = getattr(torch, policy.dtype)
     device = device_for(profile)
-    if device.type == "cuda" and dtype == torch.float32 and arch.full_size and policy.quantization == "none":
+    if device.type == "cuda" and policy.dtype == "float32" and arch.full_size and policy.quantization == "none":
         raise cli.UsageError("refusing to build a full-size transformer in float32 on the GPU; use a bf16/fp16 profile.")
-    needed = weight_bytes(meta_module(arch, "transformer"), dtype, policy.quantization)
-    on_gpu = device.type == "cuda" and policy.placement in ("resident", "evict_after_use")
+    needed = component_bytes(inventory(arch_configs(arch).component("transformer")), policy.dtype, policy.quantization)
+    # where `_instantiate` builds it: on the GPU when it runs whole there, else in RAM (streamed, parked)
+    on_gpu = device.type == "cuda" and placement(profile, "transformer", "denoise").mode == "whole"
     if on_gpu:
         free, _ = torch.cuda.mem_get_info(device)  # does not know about set_per_process_memory_fraction
         where, available = "GPU memory free", min(free, vram_cap_gb * GiB) if vram_cap_gb else free

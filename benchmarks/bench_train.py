@@ -52,12 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_sets(items: list[str]) -> dict:
-    from glance_lite.train import parse_set_options
-
-    return parse_set_options(items)
-
-
 def write_dataset(folder: Path, size: int) -> Path:
     """One image (a red disc on blue, drawn the same everywhere) and its caption: the layout `train` expects."""
     from PIL import Image, ImageDraw
@@ -186,7 +180,9 @@ def _main(argv: list[str] | None) -> dict:
     profile_names = list(dict.fromkeys(n.strip() for item in (args.profile or ["auto"]) for n in item.split(",") if n.strip()))
     first_device = C.device_for(resolve_profile(profile_names[0], args.model, args.resolution, args.resolution))
     C.set_vram_cap(args.vram_cap, first_device)
-    overrides = {**_parse_sets(args.set), "steps": args.steps, "checkpoint_every": args.steps, "resolution": args.resolution}
+    from glance_lite.train_config import parse_set_options
+
+    overrides = {**parse_set_options(args.set), "steps": args.steps, "checkpoint_every": args.steps, "resolution": args.resolution}
     if args.rank:
         overrides["rank"] = args.rank
     report = {

@@ -66,10 +66,9 @@ def _cap(profile, device: torch.device) -> float | None:
     """Cap the caching allocator to the profile's card; returns the cap in GiB (None on a CPU or a smaller card)."""
     if device.type != "cuda":
         return None
-    total = torch.cuda.get_device_properties(device).total_memory
-    fraction = min(1.0, profile.gpu_memory_gb * GiB / total)
-    torch.cuda.set_per_process_memory_fraction(fraction, device)
-    return fraction * total / GiB
+    gb = min(profile.gpu_memory_gb, torch.cuda.get_device_properties(device).total_memory / GiB)
+    C.set_vram_cap(gb, device)
+    return gb
 
 
 def _uncap(device: torch.device) -> None:
@@ -176,33 +175,29 @@ def training_step(name: str, arch, args) -> dict:
     """One LoRA step as the trainer holds the base for this profile (storage, streaming, resident blocks, optimizer)."""
     from glance_lite.placement import placement
     from glance_lite.profiles import load_profile
-    from glance_lite.train import add_training_adapters, hold_frozen_base
+    from glance_lite.quantize import torch_dtype
+    from glance_lite.schedule import image_seq_len
+    from glance_lite.train import _activate_adapter, _build_optimizer, add_training_adapters, hold_frozen_base
+    from glance_lite.train_config import TrainConfig
 
     profile = load_profile(name)
     mp = _planned(arch, profile, args, simulate=True)
     where = placement(profile, "transformer", "train_step", device=args.device)
     device = torch.device(where.device)
     family = C.random_weight_source(arch, profile).family
-    streamed = where.mode == "streamed"
+    streamed, dtype = where.mode == "streamed", torch_dtype(where.dtype)
     transformer = C.materialize_(
-        C.meta_module(arch, "transformer"), dtype=getattr(torch, where.dtype), init_device=device,
+        C.meta_module(arch, "transformer"), dtype=dtype, init_device=device,
         home_device=torch.device("cpu") if streamed else device, seed=args.seed, quantization=where.quantization,
     )  # fmt: skip
     add_training_adapters(transformer, family, family.recipe.rank, family.recipe.alpha, {"slow": args.seed})
     hold_frozen_base(transformer, profile.training, device, streamed, set(mp.resident_blocks.get("train_step", ())))
-    transformer.set_adapter("slow")
-    params = [p for p in transformer.parameters() if p.requires_grad]
-    if profile.training.optimizer == "adamw8bit":
-        import bitsandbytes as bnb
-
-        optimizer = bnb.optim.AdamW8bit(params, lr=1e-4)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
+    params = _activate_adapter(transformer, "slow")  # the trainer's own adapter switch and optimizer, recipe settings
+    optimizer = _build_optimizer(params, TrainConfig.for_family(family), profile.training.optimizer)
     generator = torch.Generator().manual_seed(args.seed)
-    tokens = (args.size // 16) ** 2
     config = arch.config("transformer") | arch.transformer_overrides
-    latents = torch.randn(1, tokens, config["in_channels"], generator=generator).to(device)
-    cond = {"prompt_embeds": torch.randn(1, TRAIN_TEXT_TOKENS, config["joint_attention_dim"], generator=generator).to(device, getattr(torch, where.dtype))}
+    latents = torch.randn(1, image_seq_len(args.size, args.size), config["in_channels"], generator=generator).to(device)
+    cond = C.random_prompt_embeddings(arch, PROMPT, TRAIN_TEXT_TOKENS, dtype, device)
     state = family.training_state(SimpleNamespace(vae_scale_factor=8), latents, args.size, args.size)
     cap = _cap(profile, device) if args.device is None else None
     times = []
@@ -212,8 +207,8 @@ def training_step(name: str, arch, args) -> dict:
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
-            with torch.autocast(device.type, dtype=getattr(torch, where.dtype), enabled=where.dtype != "float32"):
-                noisy = (0.5 * latents + 0.5 * torch.randn_like(latents)).to(getattr(torch, where.dtype))
+            with torch.autocast(device.type, dtype=dtype, enabled=where.dtype != "float32"):
+                noisy = (0.5 * latents + 0.5 * torch.randn_like(latents)).to(dtype)
                 velocity = family.velocity(transformer, state, noisy, family.timestep_tensor(500.0, noisy), cond)
             loss = torch.nn.functional.mse_loss(velocity.float(), latents.float())
             loss.backward()

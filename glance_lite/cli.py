@@ -107,6 +107,16 @@ def run(function, own_code: tuple[Path, ...] = ()) -> int:
     return result if isinstance(result, int) else 0
 
 
+def show_notes() -> None:
+    """Print glance_lite's one-line notes (auto profile choice, LoRA reports) on stderr, without the libraries'."""
+    import logging
+
+    logger = logging.getLogger("glance_lite")
+    if not logger.handlers:
+        logger.addHandler(logging.StreamHandler(sys.stderr))
+        logger.setLevel(logging.INFO)
+
+
 def command(main):
     """Decorate a command's `main(argv) -> int` so that in-process calls (tests) and `python -m` see the same
     boundary."""

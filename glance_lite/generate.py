@@ -133,16 +133,6 @@ def _process_share(items: list) -> list[tuple[int, object]]:
     return [(i, x) for i, x in enumerate(items) if i % world == rank]
 
 
-def _log_to_stderr() -> None:
-    """Show glance_lite's one-line notes (auto profile choice, LoRA reports) without the libraries' chatter."""
-    import logging
-
-    logger = logging.getLogger("glance_lite")
-    if not logger.handlers:
-        logger.addHandler(logging.StreamHandler(sys.stderr))
-        logger.setLevel(logging.INFO)
-
-
 # ---- what an image remembers ------------------------------------------------------------------------------------
 # Settings stored in the PNG that map one to one onto a command-line option.
 _PNG_OPTIONS = ("negative_prompt", "seed", "height", "width", "model", "profile", "device", "mode", "base_steps",
@@ -198,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from .quiet import set_progress
 
     set_progress(not args.no_progress)
-    _log_to_stderr()
+    cli.show_notes()
     if args.from_png:
         _apply_png_settings(args, parser)
     prompts = _prompts(args)

@@ -10,15 +10,17 @@ uses system fonts. Generated PNGs go to WORKDIR/images/, training runs to WORKDI
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
+from .. import cli
+from ..errors import SetupError
+
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m glance_lite.ui", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="python -m glance_lite.ui", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--workdir", type=Path, default=Path("glance_ui"), help="where images and training runs go (default: ./glance_ui)")
@@ -29,20 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no calls home
-    logger = logging.getLogger("glance_lite")
-    if not logger.handlers:  # the auto profile's reason, LoRA reports, and tracebacks of unexpected errors
-        logger.addHandler(logging.StreamHandler(sys.stderr))
-        logger.setLevel(logging.INFO)
+    cli.show_notes()  # the auto profile's reason, LoRA reports, and tracebacks of unexpected errors
     try:
         from .app import CSS, build_app, theme
     except ModuleNotFoundError as exc:
         if exc.name not in ("gradio", "pandas"):
             raise
-        print(f"error: the UI needs its extra ({exc}): pip install -e \".[ui]\"", file=sys.stderr)
-        return 1
+        raise SetupError(f"the UI needs its extra ({exc}): pip install -e \".[ui]\"") from None
     signal.signal(signal.SIGTERM, _stop_with_children)
     args.workdir.mkdir(parents=True, exist_ok=True)
     page, _ = build_app(args.workdir, args.keep_models, args.threads)

@@ -1,6 +1,6 @@
 """The Generate fields of the page -> a checked `GenerationRequest`: load and generate arguments, PNG settings.
 
-Checked here, before anything is queued or loaded: the prompt, the size (`api.check_size`, the CLI's own check),
+Checked here, before anything is queued or loaded: the prompt, the size (`checks.check_size`, the CLI's own check),
 the step split (`PhaseSplit.parse`), the numbers and the LoRA choice. Everything that needs the model (LoRA files
 against the architecture, the profile) is checked by `glance_lite.load` on the worker, still before any weights.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..api import check_size
+from ..checks import check_size
 from ..schedule import PhaseSplit
 
 # Sampler choices on the page -> what they run.

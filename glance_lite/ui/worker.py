@@ -130,11 +130,6 @@ class Worker:
             ahead = waiting.index(job) if job in waiting else 0
             return ahead + (self._running is not None)
 
-    @property
-    def busy(self) -> bool:
-        with self._lock:
-            return self._running is not None or bool(self._queue)
-
     def _loop(self) -> None:
         while True:
             with self._lock:

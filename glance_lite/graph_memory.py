@@ -13,7 +13,8 @@ Qwen-Image forward takes seconds on one CPU core.
 Stage simulations (`simulate_transformer_forward`, `simulate_training_step` and its fast linear extrapolation
 `simulate_training_step_from_blocks`, `simulate_text_encoder`, `simulate_vae_decode`) wrap this for the stages of
 a Glance run and return a small dataclass (`StageSimulation`, `TrainingStepSimulation`). `optimizer_state_bytes`
-and `dequantize_temporary_bytes` give the terms the graph itself does not contain.
+gives a term the graph itself does not contain; the dequantizing temporary is the planner's
+(`plan.storage.largest_quantized_weight`).
 
 How bytes are counted
     A storage is counted when it first appears as the output of an op and is not one of the op's inputs (so views,
@@ -66,7 +67,7 @@ Mixed precision (training)
 
 What the simulation cannot see (keep these as named, separate terms)
     - weights: not counted here; the planner counts them exactly. Quantized weights add the largest dequantizing
-      temporary (`dequantize_temporary_bytes`), which the bf16 graph run here does not contain;
+      temporary (the planner's `largest_quantized_weight`), which the bf16 graph run here does not contain;
     - the CUDA context (~0.5 GB) and cuBLAS / cuDNN workspaces and handles;
     - caching-allocator rounding (512-byte blocks, 2 MiB segments) and fragmentation (`max_memory_reserved` is above
       `max_memory_allocated`);
@@ -728,23 +729,3 @@ def simulate_vae_decode(
 
     notes = (f"{type(vae).__name__}, {width}x{height}, {_dtype(dtype)}, tiled={tiled}",)
     return _measure("vae_decode", attention, run, notes)
-
-
-def dequantize_temporary_bytes(module: torch.nn.Module, quantization: str, dtype) -> int:
-    """The largest temporary a dequantizing matmul makes: the biggest weight the quantization replaces, dequantized
-    whole into the compute dtype (optimum-quanto and bitsandbytes 4-bit both do this per call). quanto replaces
-    Linear and Conv2d; bitsandbytes Linear only, except what transformers keeps unquantized (e.g. lm_head)."""
-    if quantization == "none":
-        return 0
-    kinds = (torch.nn.Linear, torch.nn.Conv2d) if quantization.startswith("quanto-") else (torch.nn.Linear,)
-    skipped: list[str] = []
-    if not quantization.startswith("quanto-") and hasattr(module, "config_class"):
-        from transformers.quantizers.base import get_keys_to_not_convert
-
-        skipped = list(get_keys_to_not_convert(module))
-    numel = max(
-        (sub.weight.numel() for name, sub in module.named_modules()
-         if isinstance(sub, kinds) and not any(name == s or name.endswith("." + s) for s in skipped)),
-        default=0,
-    )  # fmt: skip
-    return numel * _dtype(dtype).itemsize

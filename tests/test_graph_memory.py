@@ -253,7 +253,13 @@ def test_optimizer_state_is_counted_as_each_optimizer_stores_it():
 
 
 def test_dequantize_temporary_is_the_largest_quantized_weight_in_the_compute_dtype():
+    """The term the graph does not hold, as the planner adds it (`plan.storage.largest_quantized_weight`)."""
+    from glance_lite.plan import model_configs
+    from glance_lite.plan.inventory import inventory
+    from glance_lite.plan.storage import DTYPE_BYTES, largest_quantized_weight
+
     transformer = gm.build_module(_config("tiny/qwen-image"))
     largest = max(m.weight.numel() for m in transformer.modules() if isinstance(m, torch.nn.Linear))
-    assert gm.dequantize_temporary_bytes(transformer, "quanto-qfloat8", "bfloat16") == largest * 2
-    assert gm.dequantize_temporary_bytes(transformer, "none", "bfloat16") == 0
+    inv = inventory(model_configs("tiny/qwen-image").component("transformer"))
+    assert largest_quantized_weight(inv, "quanto-qfloat8") * DTYPE_BYTES["bfloat16"] == largest * 2
+    assert largest_quantized_weight(inv, "none") * DTYPE_BYTES["bfloat16"] == 0

@@ -344,16 +344,15 @@ def main(argv: list[str] | None = None) -> int:
 
     set_progress(not args.no_progress)
     check_demo_folder(args.out)
-    if args.profile != "auto":
-        from .profiles import load_profile
+    from .profiles import early_profile
 
-        load_profile(args.profile)
+    profile = early_profile(args.profile)
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the pocket model's small tensors gain nothing from intra-op threads on a shared CPU
     try:
-        result = run_demo(args.out, profile=args.profile, quick=args.quick, progress=not args.no_progress)
+        result = run_demo(args.out, profile=profile, quick=args.quick, progress=not args.no_progress)
     finally:
         torch.set_num_threads(threads)
     print(result.report_text)

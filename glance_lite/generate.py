@@ -89,7 +89,7 @@ def _outputs(args, n: int) -> list[Path]:
 
 
 def _check_before_loading(args):
-    """What can be refused without a model (size, steps, guidance, LoRA files, profile, input image); the split."""
+    """What can be refused without a model (size, steps, guidance, LoRA files, input image); the split."""
     import math
 
     from .checks import check_size
@@ -105,10 +105,6 @@ def _check_before_loading(args):
     for lora, weight_name in ((args.slow_lora, args.slow_weight_name), (args.fast_lora, args.fast_weight_name)):
         if lora is not None:
             check_lora_file_header(LoraSource(lora, weight_name).resolve())
-    if args.profile != "auto":
-        from .profiles import load_profile
-
-        load_profile(args.profile)
     if args.image is not None:
         from .data import check_image_file
 
@@ -185,6 +181,7 @@ def _same_bytes(entry: dict, what: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from .profiles import early_profile
     from .quiet import set_progress
 
     set_progress(not args.no_progress)
@@ -193,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         _apply_png_settings(args, parser)
     prompts = _prompts(args)
     split = _check_before_loading(args)
+    profile = early_profile(args.profile)
     outputs = _outputs(args, len(prompts))
 
     from .api import file_entry, load, read_latents
@@ -202,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     glance = load(
         args.model, args.slow_lora, args.fast_lora,
         slow_weight_name=args.slow_weight_name, fast_weight_name=args.fast_weight_name,
-        profile=args.profile, lora_compat=args.lora_compat, use_official_loras=not args.no_official_loras,
+        profile=profile, lora_compat=args.lora_compat, use_official_loras=not args.no_official_loras,
         split=split, height=args.height, width=args.width, device=args.device,
     )  # fmt: skip
     mine = _process_share(list(zip(prompts, outputs)))

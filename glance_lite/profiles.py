@@ -402,6 +402,12 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith((".yaml", ".yml")) or "/" in text or "\\" in text or Path(text).is_file()
 
 
+def early_profile(name_or_path: str) -> Profile | str:
+    """A command line's --profile, loaded (and refused if unknown or broken) before anything heavy is imported, so
+    the run is handed the parsed Profile. "auto" stays a name: choosing needs the model and the machine."""
+    return name_or_path if name_or_path == "auto" else load_profile(name_or_path)
+
+
 def load_profile(name_or_path: str | Path | Profile) -> Profile:
     """A built-in profile by name (`4090`, `12gb`, ...) or a user's YAML file by path; validated strictly."""
     if isinstance(name_or_path, Profile):

@@ -903,11 +903,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [name for name in ("model", "data", "output") if run.get(name) is None]
     if missing:
         raise cli.UsageError(f"missing {', '.join('--' + m for m in missing)}.")
-    if args.profile != "auto":
-        from .profiles import load_profile
+    from .profiles import early_profile
 
-        load_profile(args.profile)  # an unknown or broken profile is refused before torch is imported
-    train(run["model"], run["data"], run["output"], run.get("phase", "both"), args.profile, settings, restart=args.restart,
+    profile = early_profile(args.profile)  # an unknown or broken profile is refused before torch is imported
+    train(run["model"], run["data"], run["output"], run.get("phase", "both"), profile, settings, restart=args.restart,
           progress=not args.no_progress, device=args.device)  # fmt: skip
     return 0
 

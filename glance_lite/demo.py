@@ -27,15 +27,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
 from . import cli
 from .checks import OutputPathError, check_writable_folder
-
-if TYPE_CHECKING:  # imported where tensors are made: --help and a refused --out answer before torch loads
-    import torch
 
 DEMO_MODEL = "pocket/qwen-image"
 ASSETS = Path(__file__).resolve().parent / "assets" / "demo"
@@ -70,37 +66,6 @@ def write_demo_dataset(folder: Path, size: int) -> Path:
 
 
 # ---- pictures ------------------------------------------------------------------------------------------------
-def unpack(latents: torch.Tensor, height: int, width: int, vae_scale: int = 8) -> torch.Tensor:
-    """Packed [1, tokens, 4C] latents (2x2 patches, Qwen-Image/FLUX layout) -> [C, H/8, W/8]."""
-    h, w = height // vae_scale // 2, width // vae_scale // 2
-    channels = latents.shape[-1] // 4
-    x = latents.float().reshape(h, w, channels, 2, 2)
-    return x.permute(2, 0, 3, 1, 4).reshape(channels, h * 2, w * 2)
-
-
-class LatentPreview:
-    """Latents as RGB: each latent pixel projected on the 3 principal axes of the training latent's channels, each
-    panel stretched to its own 2nd..98th percentiles (generated latents carry leftover noise the target lacks)."""
-
-    def __init__(self, reference: torch.Tensor):
-        import torch
-
-        pixels = reference.flatten(1).T  # [H*W, C]
-        self.mean = pixels.mean(0)
-        _, _, v = torch.linalg.svd(pixels - self.mean, full_matrices=False)
-        self.axes = v[:3].T  # [C, 3]
-
-    def image(self, latent: torch.Tensor, size: int) -> Image.Image:
-        import torch
-
-        c, h, w = latent.shape
-        projected = (latent.flatten(1).T - self.mean) @ self.axes
-        low, high = torch.quantile(projected, 0.02, dim=0), torch.quantile(projected, 0.98, dim=0)
-        rgb = (projected - low) / (high - low).clamp_min(1e-6)
-        array = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).reshape(h, w, 3).numpy()
-        return Image.fromarray(array).resize((size, size), Image.Resampling.NEAREST)
-
-
 def side_by_side(rows: list[list[tuple[str, Image.Image]]], path: Path, panel: int = 192, settings: dict | None = None) -> Path:
     """A grid of labelled panels (one row per list), written as a PNG (with `settings` in its text chunk)."""
     from .png_settings import save_png

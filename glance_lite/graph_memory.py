@@ -21,7 +21,7 @@ How bytes are counted
     in-place ops and `.to()` no-ops add nothing), and uncounted when the storage itself is freed: a weakref
     finalizer on the storage's Python object, which torch keeps alive exactly as long as the storage (autograd's
     saved tensors hold storages through tensors the dispatcher never sees, so counting tensors would free them too
-    early). Tensors that existed before counting started (weights, inputs) are not counted (`add_existing` opts in).
+    early). Tensors that existed before counting started (weights, inputs) are not counted.
     Meta and real CPU tensors take the same path, so one graph gives the same bytes on both (tests prove it, and
     check the real run against the profiler's allocator events).
 
@@ -96,7 +96,6 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 from torch.utils._pytree import tree_leaves, tree_map
 
-GiB = 2**30
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -117,22 +116,15 @@ class LiveBytesCounter(TorchDispatchMode):
     """Live bytes of the storages created while this mode is active: `current_bytes`, `peak_bytes`, `peak_op`.
 
     A storage counts from the op that allocated it until the storage is freed (see the module docstring for why
-    storages and not tensors). `timeline=True` records (op, live bytes) after every change. The counter keeps
-    uncounting storages freed after it exits, so `current_bytes` stays honest if outputs outlive the block.
+    storages and not tensors). The counter keeps uncounting storages freed after it exits, so `current_bytes` stays honest if outputs outlive the block.
     """
 
-    def __init__(self, timeline: bool = False):
+    def __init__(self):
         super().__init__()
         self.current_bytes = 0
         self.peak_bytes = 0
         self.peak_op = ""
-        self.timeline: list[tuple[str, int]] | None = [] if timeline else None
         self._live: dict[int, int] = {}  # storage identity -> bytes
-
-    def add_existing(self, *tensors: torch.Tensor) -> None:
-        """Count tensors that existed before (inputs, weights) as live from now on, until they are freed."""
-        for tensor in tensors:
-            self._allocated(tensor.untyped_storage(), "add_existing")
 
     def reset_peak(self) -> None:
         self.peak_bytes, self.peak_op = self.current_bytes, ""
@@ -165,8 +157,6 @@ class LiveBytesCounter(TorchDispatchMode):
         self.current_bytes += delta
         if self.current_bytes > self.peak_bytes:
             self.peak_bytes, self.peak_op = self.current_bytes, str(op)
-        if self.timeline is not None:
-            self.timeline.append((str(op), self.current_bytes))
 
 
 # =====================================================================================================================
@@ -479,10 +469,6 @@ class StageSimulation:
     attention: str
     peak_op: str = ""
     notes: tuple[str, ...] = ()
-
-    @property
-    def peak_gib(self) -> float:
-        return self.peak_bytes / GiB
 
 
 @dataclass(frozen=True)

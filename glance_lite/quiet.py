@@ -78,10 +78,6 @@ def set_progress(enabled: bool) -> None:
     apply_progress()
 
 
-def progress_enabled() -> bool:
-    return _progress
-
-
 def apply_progress() -> None:
     """Carry the setting to the libraries already imported (importing none: a refusal stays fast)."""
     if _progress:

@@ -183,7 +183,7 @@ class Glance:
         first_record = len(manager.tracker.records)
         text = manager.text_components()
         text_device = manager.device_of(text[0]) if text else device  # the prompt is encoded where its encoder is
-        with manager.stage("text_encode", manager.text_components()) as pipe:
+        with manager.stage("text_encode", text) as pipe:
             conds = [_to(family.encode_prompt(pipe, p, text_device, condition), device) for p in prompts]
             uncond = _to(family.encode_prompt(pipe, negative_prompt, text_device, condition), device) if scale > 1 else None
 

@@ -599,8 +599,8 @@ class LoraFileInfo:
             fits = f"{', '.join(self.fits)} (every layer matches the {' / '.join(self.fitting_models)} transformer)"
         else:
             fits = f"none of the architectures checked ({', '.join(self.checked_against)})"
-            if (guess := lora_origin(lora.modules)) is not None:
-                fits += f"; the module names are {guess}'s (a smaller model of that family? pass --model)"
+            if self.family is not None:  # `describe_lora_file` found it by the module names alone
+                fits += f"; the module names are {self.family.name}'s (a smaller model of that family? pass --model)"
         ranks = data["ranks"]
         rank = ", ".join(f"{r} ({n} layers)" for r, n in sorted(ranks.items())) if len(ranks) > 1 else str(next(iter(ranks)))
         prefixes = ", ".join(f"'{p}'" if p else "none" for p in lora.prefixes)

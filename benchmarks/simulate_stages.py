@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
 
 from glance_lite import cli  # noqa: E402
 from glance_lite import graph_memory as gm  # noqa: E402
+from glance_lite.plan.simulation import TOLERANCE  # noqa: E402
 from glance_lite import plan as planner  # noqa: E402
 from glance_lite.families import family_for_pipeline_class  # noqa: E402
 from glance_lite.profiles import list_profiles, load_profile  # noqa: E402
@@ -171,7 +172,7 @@ def _ratio(a, b) -> str:
     if not a or not b:
         return ""
     r = a / b
-    return f"{r:.2f}" + (" **!**" if abs(r - 1) > 0.10 else "")
+    return f"{r:.2f}" + (" **!**" if abs(r - 1) > TOLERANCE else "")
 
 
 def markdown_measurements(rows: list[dict]) -> str:

@@ -343,7 +343,7 @@ def plan(
     if simulate:
         from . import simulation
 
-        result = dataclasses.replace(result, simulation=simulation.simulate(result, configs, family, ctx, result.activation_terms))
+        result = dataclasses.replace(result, simulation=simulation.simulate(result, ctx))
     return result
 
 

@@ -47,13 +47,14 @@ def _config(configs, name: str) -> dict:
     return json.loads(configs.component(name).config_json)
 
 
-def simulate(mp, configs, family, ctx, terms: dict) -> list[StageCheck]:
-    """Simulate every stage of `mp` (its profile, shapes and placements); one check per stage, on the component
-    whose live bytes set the stage's activations (the larger of FLUX's two text encoders, for instance)."""
+def simulate(mp, ctx) -> list[StageCheck]:
+    """Simulate every stage of `mp` (its profile, shapes and placements; `ctx` the stage context it was planned
+    with); one check per stage, on the component whose live bytes set the stage's activations (the larger of FLUX's
+    two text encoders, for instance)."""
     from .. import graph_memory as gm
     from .activations import text_encoder_tokens
 
-    profile = mp.profile
+    profile, family, configs, terms = mp.profile, ctx.family, mp.options["configs"], mp.activation_terms
     attention = gm.AttentionPolicy(flash=(profile.min_compute_capability or 8.0) >= 8.0)
     tokens = mp.tokens["generate"]
     checks = []

@@ -341,8 +341,6 @@ def load(
         meta = meta_component(source)
         for src in loras.values():
             check_lora_fits(read_lora_file(src.resolve())[0], meta, family, str(src))
-    if device not in (None, "cpu"):
-        raise ValueError(f"device must be 'cpu' (run the profile's choices on the CPU) or left out, got {device!r}.")
     rank = int(os.environ.get("LOCAL_RANK", 0)) if rank is None else rank
     check_devices_exist(resolved_profile, family, device, rank)
     return Glance(source, resolved_profile, loras, lora_compat, split, device=device, rank=rank)

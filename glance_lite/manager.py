@@ -65,6 +65,8 @@ def attention_backend(profile) -> str:
 
 def check_devices_exist(profile, family, device: str | None = None, rank: int = 0) -> None:
     """Refuse, before anything loads, a profile whose GPUs this machine does not have (`device="cpu"` needs none)."""
+    if device not in (None, "cpu"):
+        raise ValueError(f"device must be 'cpu' (run the profile's choices on the CPU) or left out, got {device!r}.")
     components = (*family.text_encoders, "transformer", "vae")
     devices = [compute_device(profile, c, device, rank) for c in components]
     wanted = sorted({d.index or 0 for d in devices if d.type == "cuda"})

@@ -231,8 +231,6 @@ def train(
     min_size = cfg.min_image_size or min(DEFAULT_MIN_SIZE, cfg.resolution)
     samples = validate_dataset(data, edit=family.needs_condition_image, min_size=min_size)
 
-    if device not in (None, "cpu"):
-        raise ValueError(f"device must be 'cpu' (run the profile's choices on the CPU) or left out, got {device!r}.")
     run = _start_run(model, family, cfg, samples, Path(output), profile, progress, verbose, restart, phases, device)
     try:
         results = _train_phases(run, phases)
@@ -425,12 +423,14 @@ def _written_by_a_run(path: Path) -> bool:
 def _start_run(model, family, cfg, samples, output, profile, progress, verbose, restart, phases, device) -> Run:
     """Profile, accelerator, light pipeline, and every sample encoded (from the cache when possible)."""
     from .manager import ComponentManager
+    from .manager import check_devices_exist
     from .memory import MemoryTracker
     from .models import resolve_model
     from .quantize import torch_dtype
 
     source = resolve_model(model)
     resolved = _resolve_profile(profile, model, cfg.resolution)
+    check_devices_exist(resolved, family, device, int(os.environ.get("LOCAL_RANK", 0)))  # the API's own check
     accelerator = _make_accelerator(resolved, device)
     tracker = MemoryTracker(accelerator.device, interval=0.05)
     manager = ComponentManager(source, resolved, tracker=tracker, device=device, rank=accelerator.local_process_index)
@@ -459,19 +459,12 @@ def _resolve_profile(profile, model: str, resolution: int):
 
 
 def _make_accelerator(profile, device: str | None = None):
-    """accelerate decides the device of this process (cuda:LOCAL_RANK under `accelerate launch`) and syncs gradients."""
-    import torch
+    """accelerate decides the device of this process (cuda:LOCAL_RANK under `accelerate launch`) and syncs gradients.
+    The machine was checked for the profile's GPUs before (`manager.check_devices_exist`)."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     on_cpu = profile.device == "cpu" or device == "cpu"
-    if not on_cpu and not torch.cuda.is_available():
-        from .errors import SetupError
-
-        raise SetupError(
-            f"Profile '{profile.name}' trains on a CUDA GPU, and none is available here. Use --profile cpu, or "
-            "--device cpu to run this profile's choices on the CPU."
-        )
-    from accelerate.utils import DistributedDataParallelKwargs
 
     # Frozen buffers are identical on every rank; not broadcasting them also lets block streaming swap them. Some
     # adapted layers never reach the loss (e.g. the last block's text-stream MLP in Qwen-Image): DDP must expect that.

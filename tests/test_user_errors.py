@@ -182,6 +182,14 @@ def test_more_mistakes_get_the_same_one_line_answer(tmp_path, capsys):
         assert listing(tmp_path) == before, args
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a CUDA GPU")
+def test_training_with_a_gpu_profile_on_a_machine_without_one_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Training asks the same question as loading for generation (`manager.check_devices_exist`)."""
+    code = train_main(train_args(tmp_path, "--profile", "12gb", "--phase", "slow"))
+    refused(capsys, code, "Profile '12gb' runs on a CUDA GPU", "--device cpu")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_file_the_user_made_is_not_replaced_unless_asked(tmp_path, capsys):
     from glance_lite.lora import main as lora_main
 

@@ -73,14 +73,11 @@ def _matches(name: str, patterns: Iterable[str]) -> bool:
 
 
 def _repeated_blocks(module) -> list[str]:
-    """Names of the blocks diffusers' block-level group offloading streams: items of top-level ModuleLists."""
-    import torch
+    """Names of the blocks diffusers' block-level group offloading streams, numbered as the manager numbers them
+    (`residency.repeated_blocks`): the plan's resident block i is the manager's block i."""
+    from ..residency import repeated_blocks
 
-    names = []
-    for child_name, child in module.named_children():
-        if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential)):
-            names += [f"{child_name}.{i}" for i in range(len(child))]
-    return names
+    return [f"{name}.{i}" for name, blocks in repeated_blocks(module) for i in range(len(blocks))]
 
 
 def _bnb_skipped(module, library: str) -> list[str]:

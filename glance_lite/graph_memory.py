@@ -410,14 +410,12 @@ def read_config(path: str | Path) -> dict:
 
 def module_class(config: dict):
     """The diffusers or transformers class a config names (`_class_name`, else `architectures[0]`)."""
-    import diffusers
-    import transformers
+    import importlib
+
+    from .plan.configs import _library_of
 
     name = config.get("_class_name") or config["architectures"][0]
-    for library in (diffusers, transformers):
-        if name in dir(library):
-            return getattr(library, name)
-    raise ValueError(f"Neither diffusers nor transformers has a class named {name!r}.")
+    return getattr(importlib.import_module(_library_of(name)), name)
 
 
 def build_module(config: dict, dtype="bfloat16", device="meta", **overrides) -> torch.nn.Module:

@@ -276,7 +276,9 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cpu" and args.device is None:
         args.device = "cpu"  # no GPU here: the CPU run of the same code path
     arch = C.ARCHS["qwen-image"].with_layers(args.num_layers)
-    family = C.random_weight_source(arch, __import__("glance_lite.profiles", fromlist=["x"]).load_profile("4090")).family
+    from glance_lite.profiles import load_profile
+
+    family = C.random_weight_source(arch, load_profile("4090")).family
     report = {
         "command": C.command_line(argv, SCRIPT), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "size": args.size,
         "device": C.describe_device(device), "environment": C.environment(), "profiles": [], "training": [],

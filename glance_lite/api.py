@@ -11,17 +11,16 @@ architecture built on the meta device) is checked before anything heavy is loade
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import __version__
+from . import __version__, gpus
 from .checks import SIZE_MULTIPLE, check_prompts, check_size
 from .lora import LoraCompat, LoraReport, LoraSource, check_lora_fits, load_lora, read_lora_file
-from .manager import ComponentManager, check_devices_exist
+from .manager import ComponentManager
 from .memory import StageRecord
 from .models import ModelSource, meta_component, resolve_model
 from .sampler import sample
@@ -85,6 +84,7 @@ def resolve_profile(profile, model: str, height: int, width: int):
     if isinstance(profile, Profile):
         return profile
     if profile in (None, "auto"):
+        gpus.claim_gpu_for_auto()  # under accelerate launch: this process's GPU is the one auto reads
         chosen, why = select_profile(model, height, width)
         logger.info("profile auto -> %s: %s", chosen.name, why)
         return chosen
@@ -122,6 +122,15 @@ class Glance:
     @property
     def device(self) -> torch.device:
         return self.manager.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the transformer computes in: latents and prompt embeddings are cast to it, whatever dtype the
+        text encoder returned (a V100's fp16 embeddings would otherwise run the fp32 transformer's first layers, and
+        torchao's int8 matmuls, in fp16)."""
+        from .quantize import torch_dtype
+
+        return torch_dtype(self.manager.placement("transformer", "denoise").dtype)
 
     def lora_files(self) -> list[dict]:
         """The adapter files with their sha256 (computed once): part of what makes an image."""
@@ -178,14 +187,14 @@ class Glance:
         plan = self.plan(height, width, mode, split, base_steps)
         adapters = {phase: (phase if phase in self.loras else None) for phase in plan.phases}
 
-        manager, family, device = self.manager, self.family, self.device
+        manager, family, device, dtype = self.manager, self.family, self.device, self.compute_dtype
         manager.image_size = (height, width)
         first_record = len(manager.tracker.records)
         text = manager.text_components()
         text_device = manager.device_of(text[0]) if text else device  # the prompt is encoded where its encoder is
         with manager.stage("text_encode", text) as pipe:
-            conds = [_to(family.encode_prompt(pipe, p, text_device, condition), device) for p in prompts]
-            uncond = _to(family.encode_prompt(pipe, negative_prompt, text_device, condition), device) if scale > 1 else None
+            conds = [_to(family.encode_prompt(pipe, p, text_device, condition), device, dtype) for p in prompts]
+            uncond = _to(family.encode_prompt(pipe, negative_prompt, text_device, condition), device, dtype) if scale > 1 else None
 
         denoise_components = tuple(c for c in family.denoise_components if c in manager.components)
         latents, noise, settings, phase_seconds, switch_seconds = [], [], [], {}, {}
@@ -199,7 +208,7 @@ class Glance:
         with manager.stage("denoise", denoise_components) as pipe:
             for i, cond in enumerate(conds):
                 generator = torch.Generator(generator_device).manual_seed(seed + i)
-                state = family.prepare_latents(pipe, height, width, generator, cond["prompt_embeds"].dtype, device, condition)
+                state = family.prepare_latents(pipe, height, width, generator, dtype, device, condition)
                 if given is not None:
                     state.latents = _given_latents(given[i], state.latents)
                 noise.append(state.latents.detach().cpu())
@@ -293,8 +302,35 @@ def file_entry(path) -> dict:
     return {"name": str(Path(path).resolve()), "sha256": file_digest(Path(path))}
 
 
-def _to(cond: dict, device: torch.device) -> dict:
-    return {k: v.to(device) for k, v in cond.items()}
+def _to(cond: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    """Conditioning on the transformer's device, its floating tensors in the transformer's compute dtype."""
+    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in cond.items()}
+
+
+def _official_loras(family, model: str) -> dict[str, LoraSource]:
+    """The published Glance LoRAs of an official base model, found (local hub cache, else a download) before the
+    architecture is built: a machine without them is told at once what is missing and how to go on."""
+    repo, slow_file, fast_file = family.official_loras
+    loras = {"slow": LoraSource(repo, slow_file), "fast": LoraSource(repo, fast_file)}
+    missing = []
+    for src in loras.values():
+        try:
+            src.resolve()
+        except FileNotFoundError as exc:
+            missing.append((src.weight_name, exc.__context__ or exc))
+    if missing:
+        from huggingface_hub import constants
+
+        names = " and ".join(name for name, _ in missing)
+        raise FileNotFoundError(
+            f"{model} runs with the published Glance LoRAs unless told otherwise, and {names} of {repo} "
+            f"{'is' if len(missing) == 1 else 'are'} not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) "
+            f"and could not be downloaded ({type(missing[0][1]).__name__}). Download them "
+            f"(`hf download {repo} {slow_file} {fast_file}`), pass your own (--slow-lora/--fast-lora, "
+            "slow_lora=/fast_lora=), or run the base model without them "
+            "(--no-official-loras, use_official_loras=False)."
+        )
+    return loras
 
 
 def load(
@@ -331,18 +367,17 @@ def load(
         family.condition_area = int(condition_area)
     split = split or family.default_split
     split.validate()
+    rank = gpus.local_rank() if rank is None else rank
     resolved_profile = resolve_profile(profile, model, height, width)
+    gpus.use_profile_gpus(resolved_profile, family, device, rank)  # before any LoRA file or weight is read
     loras = {"slow": _lora_source(slow_lora, slow_weight_name), "fast": _lora_source(fast_lora, fast_weight_name)}
     if not any(loras.values()) and use_official_loras and source.is_official_base and family.official_loras:
-        repo, slow_file, fast_file = family.official_loras
-        loras = {"slow": LoraSource(repo, slow_file), "fast": LoraSource(repo, fast_file)}
+        loras = _official_loras(family, model)
     loras = {name: src for name, src in loras.items() if src is not None}
     if loras:
         meta = meta_component(source)
         for src in loras.values():
             check_lora_fits(read_lora_file(src.resolve())[0], meta, family, str(src))
-    rank = int(os.environ.get("LOCAL_RANK", 0)) if rank is None else rank
-    check_devices_exist(resolved_profile, family, device, rank)
     return Glance(source, resolved_profile, loras, lora_compat, split, device=device, rank=rank)
 
 

@@ -30,15 +30,19 @@ class Hardware:
 
     @classmethod
     def detect(cls) -> "Hardware":
-        """Read torch.cuda and psutil; on a machine without a usable GPU the GPU tuples are empty."""
+        """Read torch.cuda and psutil; on a machine without a usable GPU the GPU tuples are empty. Under
+        `accelerate launch` only this process's GPU is read (`gpus.visible_gpus`): asking a card for its free
+        memory opens a CUDA context on it."""
         import psutil
         import torch
+
+        from .gpus import visible_gpus
 
         ram = int(psutil.virtual_memory().available)
         if not torch.cuda.is_available():
             return cls(system_ram_bytes=ram)
         names, totals, frees, ccs = [], [], [], []
-        for index in range(torch.cuda.device_count()):
+        for index in visible_gpus() or range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(index)
             free, total = torch.cuda.mem_get_info(index)
             names.append(props.name)

@@ -185,6 +185,15 @@ def write_checkpoint(folder: Path, step: int, write, keep: int) -> Checkpoint:
     return Checkpoint(final, step)
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace a small file whole (temporary file, fsync, rename): a kill leaves the old content or the new one,
+    never an empty or half-written file the next run would stumble on."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
 def _fsync(path: Path) -> None:
     """Flush a file or folder to disk, so a rename never exposes data still sitting in the page cache."""
     flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)

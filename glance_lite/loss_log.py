@@ -19,8 +19,9 @@ class LossLog:
         self.rows = [r for r in read_loss_csv(path) if r["step"] <= start_step] if start_step else []
         self._last = time.perf_counter()
         if enabled:
-            lines = [self.HEADER] + [self._line(r) for r in self.rows]
-            path.write_text("".join(lines))
+            from .checkpoint import write_text_atomically
+
+            write_text_atomically(path, "".join([self.HEADER] + [self._line(r) for r in self.rows]))
 
     @staticmethod
     def _line(r: dict) -> str:
@@ -45,8 +46,11 @@ def read_loss_csv(path: Path) -> list[dict]:
         return []
     rows = []
     for line in Path(path).read_text().splitlines()[1:]:
-        step, loss, lr, timestep, seconds = line.split(",")
-        rows.append({"step": int(step), "loss": float(loss), "lr": float(lr), "timestep": float(timestep), "seconds": float(seconds)})
+        try:
+            step, loss, lr, timestep, seconds = line.split(",")
+            rows.append({"step": int(step), "loss": float(loss), "lr": float(lr), "timestep": float(timestep), "seconds": float(seconds)})
+        except ValueError:  # the last row, cut short by a kill while it was appended: that step is trained again
+            break
     return rows
 
 

@@ -63,27 +63,12 @@ def attention_backend(profile) -> str:
     return backend
 
 
-def check_devices_exist(profile, family, device: str | None = None, rank: int = 0) -> None:
-    """Refuse, before anything loads, a profile whose GPUs this machine does not have (`device="cpu"` needs none)."""
-    if device not in (None, "cpu"):
-        raise ValueError(f"device must be 'cpu' (run the profile's choices on the CPU) or left out, got {device!r}.")
-    components = (*family.text_encoders, "transformer", "vae")
-    devices = [compute_device(profile, c, device, rank) for c in components]
-    wanted = sorted({d.index or 0 for d in devices if d.type == "cuda"})
-    if not wanted:
-        return
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if available == 0:
-        raise SetupError(
-            f"Profile '{profile.name}' runs on a CUDA GPU and this machine has none usable by torch "
-            f"(torch {torch.__version__}). Use --profile cpu (or auto), or --device cpu to run this profile's "
-            "choices on the CPU."
-        )
-    if wanted[-1] >= available:
-        raise SetupError(
-            f"Profile '{profile.name}' uses GPU {wanted[-1]} and this machine has {available} GPU(s). "
-            "Choose a profile for this machine (--profile auto picks one)."
-        )
+def _empty_pinned_cache() -> None:
+    """Give RAM back: torch's pinned-memory allocator keeps the blocks of freed pinned tensors (a streamed component's
+    copies) cached for reuse until asked to release them."""
+    empty = getattr(torch._C, "_host_emptyCache", None)
+    if empty is not None:
+        empty()
 
 
 def compute_device(profile, component: str, device: str | None = None, rank: int = 0) -> torch.device:
@@ -189,6 +174,10 @@ class ComponentManager:
             kwargs["device_map"] = self.shard_map(component)
         elif where.mode == "whole" and device.type == "cuda":
             kwargs["device_map"] = {"": str(device)}  # shard by shard straight to the GPU, not via CPU RAM
+        elif where.quantization.startswith("bnb-"):
+            # a CPU run (--device cpu) on a machine with a GPU: transformers would put a bitsandbytes model without a
+            # device map on the current GPU (quantizer_bnb_4bit.update_device_map)
+            kwargs["device_map"] = {"": "cpu"}
         return cls.from_pretrained(self.source.location, **kwargs)
 
     def _set_attention(self, module) -> None:
@@ -270,6 +259,7 @@ class ComponentManager:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+            _empty_pinned_cache()
         return ref
 
     @contextmanager

@@ -16,7 +16,14 @@ instead. The table is the project's reading of the pinned versions (diffusers 0.
 - optimum-quanto: no release since 0.2.7 (2025-03); its weights break under diffusers group offloading (device
   mismatch for every model, huggingface/diffusers#12610, open). Quanto is kept where it has a working path: whole
   components, and the trainer's frozen base, which the project's own block streamer moves (`streaming.py`), as the
-  reference trainer does.
+  reference trainer does. On a CUDA card only qint8 is kept: on compute capability >= 8 quanto stores qfloat8
+  weights as `MarlinF8QBytesTensor` and qint4 ones as AWQ / TinyGemm tensors
+  (optimum/quanto/tensor/weights/qbytes.py `WeightQBytesTensor.create`, qbits.py `WeightQBitsTensor.create`), again
+  on every `.to(device)`. Those need quanto's `quanto_cuda` extension, compiled with nvcc at first use (minutes,
+  silent; it fails without a CUDA toolkit), their GEMMs take only bf16/fp16 input, while CUDA autocast hands
+  them fp32 after `layer_norm`, and the Marlin FP8 linear never adds the layer's bias
+  (tensor/weights/marlin/fp8/qbits.py `MarlinF8QBytesLinearFunction.forward`). qint8 weights take `qbytes_mm`'s plain path on every card (sm_70 to sm_90): the
+  activation is cast to the scale's dtype, the weight dequantized, one matmul (optimum/quanto/library/qbytes_mm.py).
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ QUANTO = ("quanto-qfloat8", "quanto-qint8", "quanto-qint4")
 QUANTIZATIONS = ("none",) + TORCHAO + BITSANDBYTES + QUANTO
 # The trainer's frozen base: peft trains LoRA on top of quanto (streamed by streaming.py) and bitsandbytes (QLoRA).
 TRAINING_QUANTIZATIONS = ("none",) + QUANTO + BITSANDBYTES
+
+# quanto storages that select a compiled CUDA kernel on compute capability >= 8 (see the module docstring).
+QUANTO_CUDA_KERNELS = {"quanto-qfloat8": "Marlin FP8", "quanto-qint4": "AWQ / TinyGemm int4"}
 
 # What to use instead, by backend.
 _INSTEAD = {
@@ -61,13 +71,27 @@ def placement_problem(quantization: str, placement: str) -> str | None:
     return f"quantization {quantization!r} with placement {placement!r} is refused: {reason}; {_INSTEAD[kind]}"
 
 
+def cuda_quanto_problem(quantization: str, field: str) -> str | None:
+    """Why a quanto storage cannot be used on a CUDA card (it would pick a kernel that compiles at run time and
+    refuses fp32 input); None if fine."""
+    kernel = QUANTO_CUDA_KERNELS.get(quantization)
+    if kernel is None:
+        return None
+    return (
+        f"{field} {quantization!r} is refused on a CUDA GPU: on compute capability >= 8 optimum-quanto stores it for "
+        f"its {kernel} kernel, which needs quanto's CUDA extension compiled with nvcc at first use and takes only "
+        "bf16/fp16 input (CUDA autocast gives it fp32 after layer_norm; Marlin FP8 also drops the layer's bias); use "
+        "quanto-qint8, which runs the same dequantize-and-matmul on every card"
+    )
+
+
 def training_problem(base_quantization: str, block_offload: bool) -> str | None:
     """Why the trainer cannot hold its frozen base this way; None if fine. (A storage outside
     TRAINING_QUANTIZATIONS is refused by the profile's field check before this is asked.)"""
     if block_offload and backend(base_quantization) == "bnb":
         return (
             f"training.base_quantization {base_quantization!r} with training.block_offload is refused: bitsandbytes "
-            "weights cannot be moved block by block; use quanto-qfloat8 / quanto-qint8 with block_offload, or "
+            "weights cannot be moved block by block; use quanto-qint8 with block_offload, or "
             "block_offload: false for bitsandbytes"
         )
     return None

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError, read_text_file, yaml_error_text
-from .pairings import QUANTIZATIONS, TRAINING_QUANTIZATIONS, placement_problem, training_problem
+from .pairings import QUANTIZATIONS, TRAINING_QUANTIZATIONS, cuda_quanto_problem, placement_problem, training_problem
 
 # ---- vocabularies (the manager and the planner understand exactly these) ---------------------------------------
 # Without a GPU a component either stays in RAM, is freed after its stage, or runs block by block (cpu -> cpu).
@@ -279,6 +279,8 @@ def _check_consistency(data: dict) -> list[str]:
             errors.append(f"{path}.quantization = {policy['quantization']!r} needs a CUDA GPU (bitsandbytes loading)")
         elif problem:
             errors.append(f"{path}: {problem}")
+        elif not on_cpu and placement != "cpu" and (kernel := cuda_quanto_problem(policy["quantization"], f"{path}.quantization")):
+            errors.append(kernel)
     transformer = components.get("transformer", {})
     if data.get("fuse_lora") and transformer.get("quantization", "none") != "none":
         errors.append(
@@ -298,6 +300,8 @@ def _check_consistency(data: dict) -> list[str]:
     problem = training_problem(training["base_quantization"], training["block_offload"])
     if problem:
         errors.append(problem)
+    elif not on_cpu and (kernel := cuda_quanto_problem(training["base_quantization"], "training.base_quantization")):
+        errors.append(kernel)
     if on_cpu:
         if data["gpu_memory_gb"] is not None:
             errors.append("gpu_memory_gb must be null for device cpu")

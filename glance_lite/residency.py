@@ -27,6 +27,19 @@ def repeated_blocks(module: torch.nn.Module) -> list[tuple[str, torch.nn.ModuleL
     return [(name, child) for name, child in module.named_children() if isinstance(child, (torch.nn.ModuleList, torch.nn.Sequential))]
 
 
+def streamed_blocks(module: torch.nn.Module) -> list[int]:
+    """Indices (across `repeated_blocks`) of the blocks diffusers' group offloading streams: what happened, read off
+    the hooks it installed, not what a plan asked for."""
+    from diffusers.hooks import HookRegistry
+
+    blocks = [block for _, blocks in repeated_blocks(module) for block in blocks]
+    return [
+        i for i, block in enumerate(blocks)
+        if getattr(block, "_diffusers_hook", None) is not None
+        and HookRegistry.check_if_exists_or_initialize(block).get_hook("group_offloading") is not None
+    ]  # fmt: skip
+
+
 def _is_wrapper_subclass(tensor: torch.Tensor) -> bool:
     return type(tensor) not in (torch.Tensor, torch.nn.Parameter)
 

@@ -41,7 +41,6 @@ import json
 import math
 import os
 import shlex
-import signal
 import sys
 import time
 import warnings
@@ -70,7 +69,6 @@ _BOOKKEEPING_KEYS = ("checkpoint_every", "keep_checkpoints", "cache_dir")
 # Added to the seed so each phase's LoRA init and step sampling differ, and do not depend on which phases run.
 _PHASE_SEED = {"slow": 0, "fast": 1_000_003}
 _EVAL_SEED = 7_777
-KILL_ENV = "GLANCE_LITE_TEST_KILL_AT_STEP"
 
 
 # ==== results ======================================================================================================
@@ -303,7 +301,6 @@ def train_phase(run: Run, phase: str) -> PhaseResult:
         bar.update()
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             _save_checkpoint(run, phase, step + 1, optimizer, lr_scheduler, sampler, eval_before)
-        _simulate_kill_for_tests(phase, step + 1)
     bar.close()
     accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     accelerator.free_memory()
@@ -422,15 +419,16 @@ def _written_by_a_run(path: Path) -> bool:
 
 def _start_run(model, family, cfg, samples, output, profile, progress, verbose, restart, phases, device) -> Run:
     """Profile, accelerator, light pipeline, and every sample encoded (from the cache when possible)."""
+    from . import gpus
     from .manager import ComponentManager
-    from .manager import check_devices_exist
     from .memory import MemoryTracker
     from .models import resolve_model
     from .quantize import torch_dtype
 
     source = resolve_model(model)
     resolved = _resolve_profile(profile, model, cfg.resolution)
-    check_devices_exist(resolved, family, device, int(os.environ.get("LOCAL_RANK", 0)))  # the API's own check
+    gpus.use_profile_gpus(resolved, family, device, gpus.local_rank())  # the API's own check
+    gpus.check_training_launch(resolved, device, gpus.local_rank())
     accelerator = _make_accelerator(resolved, device)
     tracker = MemoryTracker(accelerator.device, interval=0.05)
     manager = ComponentManager(source, resolved, tracker=tracker, device=device, rank=accelerator.local_process_index)
@@ -460,7 +458,7 @@ def _resolve_profile(profile, model: str, resolution: int):
 
 def _make_accelerator(profile, device: str | None = None):
     """accelerate decides the device of this process (cuda:LOCAL_RANK under `accelerate launch`) and syncs gradients.
-    The machine was checked for the profile's GPUs before (`manager.check_devices_exist`)."""
+    The machine was checked for the profile's GPUs before (`gpus.check_profile_runs_here`)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
@@ -831,18 +829,10 @@ def _discard_previous(output: Path, phases) -> None:
 def _write_resolved_config(run: Run) -> None:
     import yaml
 
+    from .checkpoint import write_text_atomically
+
     data = {"model": run.model, "profile": run.profile.name, "optimizer_used": run.optimizer_name, **run.config.to_dict()}
-    (run.output / "train_config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def _simulate_kill_for_tests(phase: str, step: int) -> None:
-    """`GLANCE_LITE_TEST_KILL_AT_STEP=[phase:]N`: a real SIGKILL after step N, so resume tests are deterministic."""
-    spec = os.environ.get(KILL_ENV)
-    if not spec:
-        return
-    want_phase, _, want_step = spec.rpartition(":")
-    if int(want_step) == step and want_phase in ("", phase):
-        os.kill(os.getpid(), signal.SIGKILL)
+    write_text_atomically(run.output / "train_config.yaml", yaml.safe_dump(data, sort_keys=False))
 
 
 def _summary(result: TrainResult) -> str:

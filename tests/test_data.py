@@ -41,8 +41,7 @@ def write_caption(path: Path, text: str) -> Path:
 
 def write_truncated_png(path: Path) -> Path:
     """A real PNG with noisy content (so the data is large), cut in half."""
-    torch.manual_seed(0)
-    noise = (torch.rand(96, 96, 3) * 255).to(torch.uint8).numpy()
+    noise = (torch.rand(96, 96, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
     Image.fromarray(noise).save(path)
     blob = path.read_bytes()
     path.write_bytes(blob[: len(blob) // 2])

@@ -14,6 +14,7 @@ from glance_lite.models import resolve_model
 from glance_lite.placement import placement
 from glance_lite.plan import plan
 from glance_lite.profiles import list_profiles, load_profile
+from glance_lite.residency import streamed_blocks
 
 SMALL = dict(height=64, width=64, output_type="latent", progress=False)
 PLAN_TO_PLACEMENT = {"text_encode": "text_encode", "slow_phase": "denoise", "fast_phase": "denoise",
@@ -95,28 +96,119 @@ def test_a_gpu_profile_runs_its_choices_on_the_cpu_and_says_what_it_cannot_emula
 
 def test_streamed_blocks_beside_resident_ones_give_the_resident_result(tmp_path, qwen_loras):
     """One of two blocks resident, the other streamed by diffusers group offloading: same latents as all resident."""
-    from diffusers.hooks import HookRegistry
-
     split = profile_variant(tmp_path, "cpu", "split", top={"fuse_lora": False},
                             transformer={"placement": "group_offload", "blocks_per_group": 1, "resident_blocks": 1})  # fmt: skip
     whole = profile_variant(tmp_path, "cpu", "whole", top={"fuse_lora": False})
     streamed = load("tiny/qwen-image", *qwen_loras, profile=split)
     latents = streamed.generate("a red cube", **SMALL).latents[0]
-    blocks = streamed.manager.pipe.transformer.transformer_blocks
-    hooked = [HookRegistry.check_if_exists_or_initialize(b).get_hook("group_offloading") is not None for b in blocks]
-    assert sorted(hooked) == [False, True]  # exactly one block streams
+    assert streamed_blocks(streamed.manager.pipe.transformer) == [1]  # exactly one block streams, one stays
     assert torch.equal(latents, load("tiny/qwen-image", *qwen_loras, profile=whole).generate("a red cube", **SMALL).latents[0])
 
 
 def test_torchao_weights_stream_through_group_offloading_unchanged(tmp_path):
     streamed = profile_variant(tmp_path, "cpu", "ao-streamed", top={"fuse_lora": False},
-                               transformer={"quantization": "torchao-int8", "placement": "group_offload", "blocks_per_group": 1})  # fmt: skip
+                               transformer={"quantization": "torchao-int8", "placement": "group_offload", "blocks_per_group": 1,
+                                            "resident_blocks": 1})  # fmt: skip
     whole = profile_variant(tmp_path, "cpu", "ao-whole", top={"fuse_lora": False}, transformer={"quantization": "torchao-int8"})
-    a = load("tiny/qwen-image", profile=streamed).generate("a red cube", **SMALL).latents[0]
+    glance = load("tiny/qwen-image", profile=streamed)
+    a = glance.generate("a red cube", **SMALL).latents[0]
+    assert streamed_blocks(glance.manager.pipe.transformer) == [1]
     b = load("tiny/qwen-image", profile=whole).generate("a red cube", **SMALL).latents[0]
     plain = load("tiny/qwen-image", profile="cpu").generate("a red cube", **SMALL).latents[0]
     assert torch.equal(a, b)
     assert not torch.equal(a, plain)  # int8 weights really computed
+
+
+# ---- where every tensor is, stage by stage, with the meta device standing in for the GPU --------------------------
+def _where(module) -> set[tuple[str, str]]:
+    """(device, tensor type) of every parameter and buffer: 'meta' is on the GPU, 'cpu' in RAM."""
+    return {(t.device.type, type(t).__name__) for t in (*module.parameters(), *module.buffers())}
+
+
+def _devices(module) -> set[str]:
+    return {device for device, _ in _where(module)}
+
+
+def _expect(manager, component: str, stage: str) -> None:
+    """The component's tensors are where its placement in `stage` says: on the card while it runs or is kept there,
+    in RAM when parked, gone when evicted; a streamed component keeps its resident blocks and the modules outside
+    its blocks on the card and its streamed blocks in RAM between their forwards."""
+    where = manager.placement(component, stage)
+    if where.state == "evict":
+        assert not manager.is_loaded(component), (component, stage)
+        return
+    if not manager.is_loaded(component):  # not needed yet in this run: it loads when a stage first runs it
+        assert manager.load_counts.get(component, 0) == 0, (component, stage)
+        return
+    module = getattr(manager.pipe, component)
+    if where.state == "park":
+        assert _devices(module) == {"cpu"}, (component, stage, _where(module))
+    elif where.mode == "streamed":
+        from glance_lite.residency import repeated_blocks
+
+        blocks = [b for _, blocks in repeated_blocks(module) for b in blocks]
+        streamed = set(streamed_blocks(module))
+        assert streamed and len(streamed) < len(blocks), "a stand-in run needs a streamed and a resident block"
+        for i, block in enumerate(blocks):
+            assert _devices(block) == ({"cpu"} if i in streamed else {"meta"}), (component, stage, i, _where(block))
+    else:
+        assert _devices(module) == {"meta"}, (component, stage, _where(module))
+
+
+STAND_IN_PROFILES = {  # GPU profiles whose components the tiny model can hold (bitsandbytes loads onto a real card only)
+    "4090": dict(transformer={"resident_blocks": 1}),  # float8 transformer: one block resident, one streamed
+    "4090-plain": dict(transformer={"resident_blocks": 1, "quantization": "none"}),  # the same with plain tensors
+    "12gb-int8": dict(transformer={"resident_blocks": 1}, text_encoder={"quantization": "none"}),
+    "a100-80gb": dict(),  # everything resident
+}
+
+
+@pytest.mark.parametrize("variant", list(STAND_IN_PROFILES))
+def test_every_tensor_is_where_its_placement_says_in_every_stage(tmp_path, variant):
+    """Looked at, not re-derived: with the meta device standing in for the card (tests/cuda_emulation.GpuStandIn),
+    each stage finds the text encoder, the transformer's blocks (resident and streamed, plain and torchao tensors)
+    and the VAE on the card or in RAM as the placement says, a streamed block reaches the card for its forward and
+    leaves it after, and the resident blocks leave the card when denoising ends."""
+    from cuda_emulation import GpuStandIn
+
+    base = variant.split("-")[0] if variant != "a100-80gb" else variant
+    profile = profile_variant(tmp_path, base, variant, **STAND_IN_PROFILES[variant])
+    source = resolve_model("tiny/qwen-image")
+    with GpuStandIn().installed():
+        manager = ComponentManager(source, profile)
+        manager.image_size = (64, 64)
+        quantized = profile.component("transformer").quantization != "none"
+        for stage, components in (("text_encode", manager.text_components()), ("denoise", ("transformer",)), ("vae_decode", ("vae",))):
+            with manager.stage(stage, components):
+                for component in manager.components:
+                    _expect(manager, component, stage)
+                if stage == "denoise":
+                    _forward_on_the_card(manager, source.family, quantized)
+            for component in manager.components:
+                _expect(manager, component, "idle")
+
+
+def _forward_on_the_card(manager, family, quantized: bool) -> None:
+    """One transformer forward on the stand-in: every block is on the card while it computes (a leaf's pre-hook looks
+    from inside the block, after group offloading brought it) and streamed ones are back in RAM afterwards."""
+    transformer = manager.pipe.transformer
+    seen = {}
+    hooks = [block.attn.to_q.register_forward_pre_hook(lambda m, a, i=i, b=block: seen.__setitem__(i, _where(b)))
+             for i, block in enumerate(transformer.transformer_blocks)]  # fmt: skip
+    latents = torch.zeros(1, 16, 64, dtype=transformer.dtype, device="meta")
+    cond = {"prompt_embeds": torch.zeros(1, 7, 32, dtype=transformer.dtype, device="meta")}
+    state = family.training_state(manager.pipe, latents, 64, 64)
+    velocity = family.velocity(transformer, state, latents, family.timestep_tensor(500.0, latents), cond)
+    for hook in hooks:
+        hook.remove()
+    assert velocity.device.type == "meta"
+    assert set(seen) == set(range(len(transformer.transformer_blocks)))
+    for i, where in seen.items():
+        assert {device for device, _ in where} == {"meta"}, (i, where)
+        if quantized:
+            assert {kind for _, kind in where} & {"Float8Tensor", "Int8Tensor"}, (i, where)  # torchao weights, moved whole
+    for i in streamed_blocks(transformer):
+        assert _devices(transformer.transformer_blocks[i]) == {"cpu"}, f"streamed block {i} stayed on the card"
 
 
 def test_resident_blocks_park_and_come_back_bit_for_bit():

@@ -2,6 +2,7 @@
 shipped pocket base model that loads like any downloaded pipeline and follows its prompts."""
 
 import numpy as np
+import pytest
 import torch
 
 from glance_lite.pocket import POCKET_MODEL_IDS, checker, pocket_model_path, world
@@ -73,10 +74,19 @@ def test_pocket_model_id_loads_through_the_ordinary_from_pretrained_path():
     assert total < 20 * 2**20
 
 
-def test_shipped_pocket_base_paints_the_background_a_held_out_prompt_asks_for():
+@pytest.fixture
+def at_most_two_threads():
+    """The pocket model's small tensors only lose from more intra-op threads on a shared CPU; the caller's thread count
+    is restored afterwards, so no later test runs with this one's setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_shipped_pocket_base_paints_the_background_a_held_out_prompt_asks_for(at_most_two_threads):
     import glance_lite
 
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
     by_background = {}
     for scene in world.HELD_OUT:
         by_background.setdefault(scene.background, scene)

@@ -11,6 +11,7 @@ demo's 100-step recipe, moves it away too: see the table for all four pairs, slo
 
 import importlib
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -42,24 +43,36 @@ def _pixels(model, caption, **kwargs):
     return torch.stack(out)
 
 
+@contextmanager
+def one_thread():
+    """One intra-op thread, as the demo trains (the pocket model's small tensors gain nothing from more on a shared
+    CPU); the thread count is restored afterwards, so the tests after this module run with their own."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def pocket_glance(tmp_path_factory):
     import glance_lite
     from glance_lite.train import train
 
-    torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("pocket_glance")
     data = write_demo_dataset(tmp / "data", 64)
     caption = CAPTION_FILE.read_text().strip()
     settings = dict(few_steps_recipe(), resolution=64, min_image_size=64, checkpoint_every=1000)
-    trained = train(MODEL, data, tmp / "train", "both", "cpu", settings, progress=False)
-    plain = glance_lite.load(MODEL, profile="cpu", height=64, width=64)
-    glance = glance_lite.load(MODEL, trained.adapters["slow"], trained.adapters["fast"], profile="cpu", height=64, width=64)
-    return {
-        "trained": trained,
-        "before": _pixels(plain, caption),  # the Glance 5+5 schedule without LoRAs
-        "after": _pixels(glance, caption),
-    }
+    with one_thread():
+        trained = train(MODEL, data, tmp / "train", "both", "cpu", settings, progress=False)
+        plain = glance_lite.load(MODEL, profile="cpu", height=64, width=64)
+        glance = glance_lite.load(MODEL, trained.adapters["slow"], trained.adapters["fast"], profile="cpu", height=64, width=64)
+        return {
+            "trained": trained,
+            "before": _pixels(plain, caption),  # the Glance 5+5 schedule without LoRAs
+            "after": _pixels(glance, caption),
+        }
 
 
 def test_demo_sample_is_a_training_scene_of_the_pocket_world():

@@ -53,12 +53,16 @@ def test_profiles_are_frozen_plain_data():
     assert dataclasses.replace(profile, gpu_memory_gb=12).gpu_memory_bytes == 12 * GiB
 
 
-def test_v100_profiles_compute_in_float16_because_sm70_has_no_bfloat16():
+def test_v100_profiles_compute_in_float32_because_sm70_has_no_bfloat16_and_qwen_overflows_float16():
+    """sm_70 has no bfloat16 and Qwen-Image's transformer and text encoder overflow float16: weights stay small
+    (int8 / nf4) and everything computes in float32, training included (no fp16 autocast)."""
     for name in ("v100-32gb", "v100-16gb"):
         profile = load_profile(name)
-        assert profile.compute_dtype == "float16" and profile.min_compute_capability == 7.0
-        assert profile.training.mixed_precision == "fp16"
-        assert all(policy.dtype != "bfloat16" for policy in profile.components.values())
+        assert profile.compute_dtype == "float16" and profile.min_compute_capability == 7.0  # no bfloat16 on the card
+        assert profile.training.mixed_precision == "no" and profile.training.base_quantization == "quanto-qint8"
+        assert {role: policy.dtype for role, policy in profile.components.items()} == {
+            "text_encoder": "float32", "transformer": "float32", "vae": "float32"}  # fmt: skip
+        assert {profile.component("text_encoder").quantization, profile.component("transformer").quantization} == {"bnb-nf4", "torchao-int8"}
 
 
 def test_a100_keeps_everything_resident_in_bf16_and_cpu_quantizes_nothing():

@@ -6,7 +6,11 @@ One server for the whole module; each test opens the page afresh (a new session)
 
 import io
 import re
+import signal
+from contextlib import contextmanager
+from pathlib import Path
 
+import psutil
 import pytest
 from PIL import Image
 
@@ -17,6 +21,7 @@ from glance_lite.data import file_digest  # noqa: E402
 from glance_lite.png_settings import read_png_settings  # noqa: E402
 from glance_lite.pocket import checker, world  # noqa: E402
 from glance_lite.ui import browser  # noqa: E402
+from glance_lite.ui.training import LOG_FILE, checkpoint_steps  # noqa: E402
 
 if browser.missing_browser():
     pytest.skip(f"browser tests need Chromium: {browser.missing_browser()}", allow_module_level=True)
@@ -58,6 +63,43 @@ def page(server, driver):
 def generated_png(page, elem_id="gen-image", other_than=None) -> tuple[bytes, str]:
     url = page.wait_for_image(elem_id, other_than=other_than)
     return page.download(url), url
+
+
+def training_process(run: Path) -> psutil.Process | None:
+    """The server's training child for `run` (the process writing the run's log), or None before it starts."""
+    me = psutil.Process()
+    servers = {p.pid for p in me.children()}
+    for process in me.children(recursive=True):
+        try:
+            if process.pid not in servers and any(Path(f.path) == run / LOG_FILE for f in process.open_files()):
+                return process
+        except psutil.Error:  # it ended meanwhile, or is not ours to read
+            continue
+    return None
+
+
+def sigterm_pending(process: psutil.Process) -> bool:
+    """Whether a SIGTERM waits for this stopped process (Stop has reached it), or it is gone already."""
+    try:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    pending = int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)
+    return fields["State"].strip().startswith(("Z", "X")) or bool(pending >> (signal.SIGTERM - 1) & 1)
+
+
+@contextmanager
+def paused(process: psutil.Process):
+    """The process stopped (SIGSTOP) for the block, so it gets no further meanwhile; continued (SIGCONT) after it."""
+    process.suspend()
+    try:
+        yield
+    finally:
+        try:
+            process.resume()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def test_generate_draws_the_prompted_colour_at_64x64_and_reuses_the_loaded_model(page, downloads):
@@ -130,7 +172,7 @@ def test_compare_renders_glance_and_the_base_from_the_same_noise_side_by_side(pa
 def test_a_cancelled_generation_frees_the_worker_for_the_next_user_who_waited_its_turn(page, server, driver):
     page.open_settings()
     page.choose("sampler", "Base model, N steps")
-    page.fill("base-steps", 5000)
+    page.fill("base-steps", 50000)  # 100,000 transformer calls: still running when Stop arrives, even on a fast CPU
     page.click("generate")
     page.wait_for_text("gen-progress", "denoising step")
     first_tab = driver.current_window_handle
@@ -152,24 +194,33 @@ def test_a_cancelled_generation_frees_the_worker_for_the_next_user_who_waited_it
     driver.switch_to.window(first_tab)
 
 
-def test_training_stops_resumes_and_its_adapters_generate_at_once(page, workdir):
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="pausing the trainer reads /proc (Linux)")
+def test_stop_keeps_the_last_checkpoint_train_resumes_from_it_and_its_adapters_generate_at_once(page, workdir):
+    run = workdir / "train" / "sample-run"
     page.tab("train")
     page.click("train-sample")
     page.wait_for_image("train-image")
-    page.fill("train-steps", 30)
-    page.fill("train-run", "sample-run")
+    page.fill("train-steps", 20)
+    page.fill("train-run", run.name)
     page.click("train")
-    page.wait_for_pattern("train-progress", r"slow\s+training step (1[1-9]|2\d)/30", timeout=120)  # past the step-10 checkpoint
-    page.click("train-stop")
-    assert "slow at step" in page.wait_for_text("train-status", "Stopped", "Error")
+    browser.until(lambda: checkpoint_steps(run), 180, "the first checkpoint (step 10 of 20)", poll=0.02)
+    trainer = browser.until(lambda: training_process(run), 10, "the training process")
+    with paused(trainer):  # however long Stop takes to arrive, the run cannot train on or finish meanwhile
+        kept = checkpoint_steps(run)
+        page.click("train-stop")
+        browser.until(lambda: sigterm_pending(trainer), 60, "Stop to reach the training process")
+    status = page.wait_for_text("train-status", "Stopped", "Error")
+    assert "Stopped" in status and all(f"{phase} at step {step}" in status for phase, step in kept.items()), (status, kept)
+    assert not (run / "fast.safetensors").exists()  # stopped before the end: the last phase has no adapter yet
+
     page.click("train")
     assert "Done" in page.wait_for_text("train-status", "Done", "Error", timeout=180)
-    assert "Resuming the slow phase" in page.element("train-log", "textarea").get_attribute("value")
+    log = page.element("train-log", "textarea").get_attribute("value")
+    assert f"Resuming the slow phase from {run / 'checkpoints' / 'slow'}" in log and f"(step {kept['slow']} of 20)" in log, log
     assert page.driver.find_elements("css selector", "#train-loss canvas, #train-loss svg")  # the loss curve is drawn
 
     page.tab("generate")
     page.click("generate")
     png, _ = generated_png(page)
-    run = workdir / "train" / "sample-run"
     loras = {a["phase"]: a["sha256"] for a in read_png_settings(io.BytesIO(png))["loras"]}
     assert loras == {p: file_digest(run / f"{p}.safetensors") for p in ("slow", "fast")}

@@ -1,29 +1,34 @@
 """The UI's model worker: requests take turns on one thread, a cancelled one never runs, failures become one line.
 
-No browser and no model: the jobs here are plain functions, so what is tested is the queue itself.
+No browser and no model: the jobs here are plain functions (and a child process that dies at once), so what is
+tested is the queue itself.
 """
 
+import multiprocessing
+import os
 import threading
+import time
 
 from glance_lite.errors import UserError
-from glance_lite.ui.worker import CANCELLED, DONE, FAILED, Worker
+from glance_lite.ui import training
+from glance_lite.ui.worker import CANCELLED, DONE, FAILED, Job, Worker
 
 
 def test_a_second_request_waits_its_turn_and_knows_how_many_are_ahead():
     worker = Worker()
-    release, order = threading.Event(), []
+    started, release, order = threading.Event(), threading.Event(), []
 
     def first(job):
         order.append("first starts")
+        started.set()
         release.wait(10)
         order.append("first ends")
         return 1
 
     running = worker.submit("generate", first)
     second = worker.submit("generate", lambda job: order.append("second runs") or 2)
-    while running.state != "running":
-        threading.Event().wait(0.01)
-    assert worker.jobs_ahead(second) == 1 and not second.finished
+    assert started.wait(10), "the worker never started the first request"
+    assert running.state == "running" and worker.jobs_ahead(second) == 1 and not second.finished
     release.set()
     assert second.wait(10) and running.wait(10)
     assert order == ["first starts", "first ends", "second runs"]
@@ -65,3 +70,22 @@ def test_an_internal_failure_is_not_passed_off_as_the_users_mistake():
     failed = worker.submit("generate", crash)
     assert failed.wait(10) and failed.state == FAILED
     assert failed.error.startswith("Unexpected error (RuntimeError: CUDA error") and "server log" in failed.error
+
+
+def test_a_training_process_that_dies_without_a_word_fails_its_request_instead_of_hanging_the_worker(tmp_path):
+    """A training child killed by the system (out of memory, kill -9) sends no result: the worker must see its end."""
+    context = multiprocessing.get_context("fork")  # the child only exits: nothing of this process is used in it
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=os._exit, args=(9,))
+    child.start()
+    send.close()
+    outcome = []
+
+    def follow():  # what the worker does while a training request runs
+        outcome.append(training._follow(child, receive, Job("train", None), tmp_path, time.time()))
+
+    follower = threading.Thread(target=follow, daemon=True)  # daemon: a follower that hangs cannot hang the test run
+    follower.start()
+    follower.join(30)
+    assert outcome, "the worker still waits for a training process that ended"
+    assert outcome[0][0] == "failed" and "ended without a result (exit code 9)" in outcome[0][1]

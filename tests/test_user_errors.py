@@ -184,7 +184,7 @@ def test_more_mistakes_get_the_same_one_line_answer(tmp_path, capsys):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for a machine without a CUDA GPU")
 def test_training_with_a_gpu_profile_on_a_machine_without_one_is_refused_before_anything_is_written(tmp_path, capsys):
-    """Training asks the same question as loading for generation (`manager.check_devices_exist`)."""
+    """Training asks the same question as loading for generation (`gpus.check_profile_runs_here`)."""
     code = train_main(train_args(tmp_path, "--profile", "12gb", "--phase", "slow"))
     refused(capsys, code, "Profile '12gb' runs on a CUDA GPU", "--device cpu")
     assert not (tmp_path / "out").exists()
@@ -320,10 +320,12 @@ def test_fp16_loss_scaling_may_skip_a_few_overflowing_steps_but_not_a_nan_loss()
 
 
 def test_a_v100_float16_run_is_told_about_bfloat16_and_the_fp32_compute_recipe(tmp_path):
+    """A user's V100 profile training in fp16 (the shipped V100 profiles train in fp32 for this reason)."""
+    from conftest import profile_variant
     from glance_lite.families import family_by_name
-    from glance_lite.profiles import load_profile
 
-    run = SimpleNamespace(config=TrainConfig.for_family(family_by_name("qwen-image")), profile=load_profile("v100-16gb"),
+    profile = profile_variant(tmp_path, "v100-16gb", "v100-fp16", training={"mixed_precision": "fp16"})
+    run = SimpleNamespace(config=TrainConfig.for_family(family_by_name("qwen-image")), profile=profile,
                           checkpoints=lambda phase: tmp_path)  # fmt: skip
     text = _divergence_message(run, "fast", 7, "the loss is inf")
     assert text.startswith("training stopped at fast step 7 of 60: the loss is inf. The frozen base computes in float16")

@@ -61,6 +61,7 @@ from .stages import (
     build_stage,
     choose_resident_blocks,
     frozen_base_bytes,
+    frozen_base_host_bytes,
     inference_streaming,
     overheads,
     pcie_per_image,
@@ -68,7 +69,14 @@ from .stages import (
     shard_blocks,
     shard_plan,
 )
-from .storage import DTYPE_BYTES, component_bytes, largest_quantized_weight, quantized_weight_bytes
+from .storage import (
+    DTYPE_BYTES,
+    component_bytes,
+    component_host_bytes,
+    largest_quantized_weight,
+    pinned_allocation_bytes,
+    quantized_weight_bytes,
+)
 
 STAGES = ("text_encode", "slow_phase", "fast_phase", "vae_decode", "train_step")
 GENERATION_STEPS_DEFAULT = 10  # 5 slow + 5 fast
@@ -80,13 +88,18 @@ __all__ = [
 ]  # fmt: skip
 
 
-def _component_plan(inv: Inventory, policy, lora: dict, adapters: int, fused_copy: dict) -> ComponentPlan:
+def _component_plan(inv: Inventory, policy, lora: dict, adapters: int, fused_copy: dict, lora_pinned: dict) -> ComponentPlan:
     """Sizes of one component under its policy; `lora` = adapter parameters per block, `adapters` = how many,
-    `fused_copy` = weight elements per block kept a second time by fuse_lora."""
+    `fused_copy` = weight elements per block kept a second time by fuse_lora, `lora_pinned` = one adapter's pinned
+    bytes per block."""
     dtype_bytes = DTYPE_BYTES[policy.dtype]
     extra = {block: adapters * lora.get(block, 0) + fused_copy.get(block, 0) for block in {*lora, *fused_copy}}
     per_block = [
         component_bytes(inv, policy.dtype, policy.quantization, block=i) + extra.get(i, 0) * dtype_bytes
+        for i in range(len(inv.blocks))
+    ]
+    pinned = [
+        component_host_bytes(inv, policy.dtype, policy.quantization, block=i) + adapters * lora_pinned.get(i, 0)
         for i in range(len(inv.blocks))
     ]
     adapter_params = adapters * sum(lora.values())
@@ -107,7 +120,18 @@ def _component_plan(inv: Inventory, policy, lora: dict, adapters: int, fused_cop
         adapter_params=adapter_params,
         fused_copy_bytes=fused_copy_bytes,
         block_bytes=tuple(per_block),
+        block_pinned_bytes=tuple(pinned),
     )
+
+
+def lora_block_pinned_bytes(inv: Inventory, target_modules, rank: int, dtype: str) -> dict[int | None, int]:
+    """One adapter's pinned bytes per block: every lora_A (rank x in) and lora_B (out x rank) its own allocation."""
+    per_block: dict[int | None, int] = {}
+    for layer in lora_target_layers(inv, target_modules):
+        out_features, in_features = layer.weight_shape[0], layer.weight_shape[1]
+        pinned = sum(pinned_allocation_bytes(n * DTYPE_BYTES[dtype]) for n in (rank * in_features, out_features * rank))
+        per_block[layer.block] = per_block.get(layer.block, 0) + pinned
+    return per_block
 
 
 def _dequant_transient(inv: Inventory, dtype: str, quantization: str) -> int:
@@ -194,7 +218,7 @@ def _train_stage(ctx: StageContext, inv: Inventory, acts: int, lora_params: int)
         if streaming is not None and on_gpu:
             weights[device] = outside + streaming.resident_bytes + trainable
             streamed[device] = streaming.window_bytes
-            weights["cpu"] = streaming.streamed_bytes  # the streamer's CPU master copies: the loaded weights
+            weights["cpu"] = streaming.streamed_host_bytes  # the streamer's CPU master copies (plain tensors pinned)
             loading -= streaming.streamed_bytes
         else:
             weights[device] = base + trainable
@@ -208,7 +232,8 @@ def _train_stage(ctx: StageContext, inv: Inventory, acts: int, lora_params: int)
 
     if where.mode != "streamed":
         return stage_with(None, where.device), None
-    streaming = StreamedWeights(block_bytes, outside, (), training.blocks_per_group or 1, TRAINING_STREAM_IN_FLIGHT)
+    host = frozen_base_host_bytes(inv, dtype, where.quantization) if where.device != "cpu" else ()
+    streaming = StreamedWeights(block_bytes, outside, (), training.blocks_per_group or 1, TRAINING_STREAM_IN_FLIGHT, host)
     target = ctx.on_card().target()
     if on_card.device != "cpu":
         peak = lambda s: stage_with(s, on_card.device).peak(on_card.device)  # noqa: E731
@@ -259,9 +284,11 @@ def plan(
 
     lora = lora_block_params(transformer, family.lora_target_modules, rank)
     fused_copy = lora_wrapped_weight_params(transformer, family.lora_target_modules) if profile.fuse_lora else {}
+    lora_pinned = lora_block_pinned_bytes(transformer, family.lora_target_modules, rank, profile.component("transformer").dtype)
     comps = {
         name: _component_plan(inv, profile.component(name), lora if name == "transformer" else {},
-                              2 if name == "transformer" else 0, fused_copy if name == "transformer" else {})
+                              2 if name == "transformer" else 0, fused_copy if name == "transformer" else {},
+                              lora_pinned if name == "transformer" else {})
         for name, inv in inventories.items()
     }  # fmt: skip
     gpus = profile.num_gpus if num_gpus is None else num_gpus

@@ -27,6 +27,7 @@ class Layer:
     weight_shape: tuple[int, ...] | None
     weight_numel: int
     other_numel: int  # bias, norm weights, embeddings, non-quantizable convs
+    other_numels: tuple[int, ...]  # the same, one entry per tensor (each is its own pinned allocation)
     block: int | None  # index into Inventory.blocks when the layer lives in a repeated block
     keep_fp32: bool  # listed in the class's _keep_in_fp32_modules (kept in fp32 when loading in fp16)
     bnb_skip: bool  # transformers keeps it unquantized under bitsandbytes (output embeddings, tied weights)
@@ -123,6 +124,7 @@ def _inventory(name: str, library: str, class_name: str, config_json: str) -> In
                 weight_shape=tuple(weight.shape) if weight is not None else None,
                 weight_numel=weight_numel,
                 other_numel=sum(p.numel() for p in params) - weight_numel,
+                other_numels=tuple(p.numel() for p in params if p is not weight),
                 block=block_index.get(owner) if owner else None,
                 keep_fp32=_matches(module_name, keep_fp32),
                 bnb_skip=_matches(module_name, bnb_skip),

@@ -31,6 +31,9 @@ class ComponentPlan:
     adapter_params: int = 0
     fused_copy_bytes: int = 0  # fuse_lora: the kept copy of the weights the LoRAs wrap
     block_bytes: tuple[int, ...] = field(default=(), repr=False)  # per repeated block, adapters included
+    # per repeated block: its CPU copy pinned tensor by tensor (group offloading with streams), as the pinned-memory
+    # allocator holds it (each tensor rounded up to a power of two: storage.pinned_allocation_bytes)
+    block_pinned_bytes: tuple[int, ...] = field(default=(), repr=False)
 
     @property
     def total_bytes(self) -> int:

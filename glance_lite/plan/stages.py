@@ -19,7 +19,7 @@ from ..profiles import Profile
 from .activations import GiB
 from .inventory import Inventory
 from .report import ComponentPlan, StagePlan
-from .storage import component_bytes
+from .storage import component_bytes, component_host_bytes
 
 # Memory the CUDA runtime takes on each GPU before any tensor (context, cuBLAS/cuDNN handles and workspaces).
 CUDA_CONTEXT_BYTES = int(0.5 * GiB)
@@ -46,6 +46,7 @@ class StreamedWeights:
     resident: tuple[int, ...]
     blocks_per_group: int
     in_flight: int  # groups on the device at once
+    host_bytes: tuple[int, ...] = ()  # per block: its CPU copy as the allocator holds it (pinned: rounded); default exact
 
     @property
     def streamed(self) -> tuple[int, ...]:
@@ -60,6 +61,12 @@ class StreamedWeights:
         return sum(self.block_bytes[i] for i in self.streamed)
 
     @property
+    def streamed_host_bytes(self) -> int:
+        """RAM the streamed blocks' CPU copies take (pinned ones rounded up tensor by tensor)."""
+        host = self.host_bytes or self.block_bytes
+        return sum(host[i] for i in self.streamed)
+
+    @property
     def window_bytes(self) -> int:
         """Blocks in flight: groups at once x blocks per group x the largest streamed block."""
         streamed = self.streamed
@@ -69,7 +76,7 @@ class StreamedWeights:
         return self.in_flight * min(self.blocks_per_group, len(streamed)) * largest
 
     def with_resident(self, resident: Iterable[int]) -> "StreamedWeights":
-        return StreamedWeights(self.block_bytes, self.outside_bytes, tuple(sorted(resident)), self.blocks_per_group, self.in_flight)
+        return dataclasses.replace(self, resident=tuple(sorted(resident)))
 
 
 def spread_resident(num_blocks: int, resident_count: int) -> tuple[int, ...]:
@@ -154,10 +161,13 @@ def add_sharded(ctx: StageContext, weights: dict[str, int], comp: ComponentPlan)
 
 
 def inference_streaming(ctx: StageContext, name: str) -> StreamedWeights:
+    """Group offloading of a component: with streams (on a GPU) it pins a CPU copy of every streamed tensor when it
+    is applied (diffusers hooks/group_offloading.py `ModuleGroup._to_cpu`, `low_cpu_mem_usage=False`), which the
+    pinned-memory allocator rounds up tensor by tensor; without streams the loaded tensors are the CPU copy."""
     comp, policy = ctx.comps[name], ctx.profile.component(name)
     use_stream = bool(policy.use_stream) and ctx.device != "cpu"
     return StreamedWeights(comp.block_bytes, comp.outside_blocks_bytes, (), policy.blocks_per_group or 1,
-                           GROUP_OFFLOAD_IN_FLIGHT[use_stream])  # fmt: skip
+                           GROUP_OFFLOAD_IN_FLIGHT[use_stream], comp.block_pinned_bytes if use_stream else ())  # fmt: skip
 
 
 def build_stage(
@@ -191,8 +201,9 @@ def build_stage(
             _add(weights, where.device, plan.outside_bytes + plan.resident_bytes)
             _add(streamed, where.device, plan.window_bytes)
             # RAM keeps every block: the resident ones' CPU copies (so parking them is free) and group offloading's
-            # pinned copies of the streamed ones, made while the loaded originals still exist.
-            _add(weights, "cpu", plan.resident_bytes + plan.streamed_bytes)
+            # pinned copies of the streamed ones (as the allocator rounds them), made while the loaded originals
+            # still exist.
+            _add(weights, "cpu", plan.resident_bytes + plan.streamed_host_bytes)
             loading = max(loading, plan.streamed_bytes)
             targets = [where.device]
         else:  # whole on its device (a GPU, or RAM on a CPU)
@@ -293,3 +304,9 @@ def frozen_base_bytes(inv: Inventory, dtype: str, quantization: str) -> tuple[tu
     """(bytes per block, bytes outside the blocks) of the trainer's frozen base."""
     blocks = tuple(component_bytes(inv, dtype, quantization, block=i) for i in range(len(inv.blocks)))
     return blocks, component_bytes(inv, dtype, quantization, block=None)
+
+
+def frozen_base_host_bytes(inv: Inventory, dtype: str, quantization: str) -> tuple[int, ...]:
+    """Per block, the trainer's CPU master copy when it streams to a GPU: plain tensors pinned (rounded up by the
+    allocator), quanto weights kept as they are (`streaming.BlockStreamer._master`)."""
+    return tuple(component_host_bytes(inv, dtype, quantization, block=i, pins_quantized=False) for i in range(len(inv.blocks)))

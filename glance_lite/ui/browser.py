@@ -29,6 +29,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 CHROMIUM_NAMES = ("chromium", "chromium-browser")
 DRIVER_NAMES = ("chromedriver",)
 SERVER_LOG = "server.log"
+REDRAW_SECONDS = 10.0  # how long a page action is retried while Gradio keeps redrawing its element
 
 
 def _which(names) -> str | None:
@@ -44,53 +45,113 @@ def missing_browser() -> str | None:
     return None
 
 
-def free_port() -> int:
+class PortTaken(OSError):
+    """The server could not bind its port: another process holds it."""
+
+
+# What `python -m glance_lite.ui` prints once its server listens (Gradio's launch), and what it says when the port it
+# was given is taken (Gradio's start_server, for uvicorn's EADDRINUSE).
+_LISTENING = re.compile(r"Running on local URL:\s+(https?://[^\s/]+:(\d+))")
+_PORT_TAKEN = ("Cannot find empty port", "address already in use")
+
+
+def _candidate_port() -> int:
+    """A port nothing listens on at this instant: only a candidate. The server binds it itself, and `serve` starts
+    it again on another candidate if some other process took the port meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 @contextmanager
-def serve(workdir: Path, port: int | None = None, timeout: float = 180.0):
-    """Run `python -m glance_lite.ui` on a free port until the block ends; yields its URL. Output: workdir/server.log."""
+def serve(workdir: Path, port: int | None = None, timeout: float = 180.0, attempts: int = 5):
+    """Run `python -m glance_lite.ui` until the block ends; yields its URL. Output: workdir/server.log.
+
+    With `port`, the server listens there (PortTaken if another process holds it). Without, on a free port: the
+    server binds a candidate itself, and on a taken one (EADDRINUSE) it is started again on another, up to
+    `attempts` times. Gradio's launch cannot take port 0 (it checks its own URL, ":0", before serving).
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    url = f"http://127.0.0.1:{port}/"
+    for attempt in range(1, attempts + 1):
+        server, log, url = _start(workdir, port or _candidate_port(), timeout)
+        if url is not None:
+            break
+        if port is not None or attempt == attempts:
+            raise PortTaken(f"The UI server found its port taken {attempt} time(s):\n{_log_tail(workdir)}")
+    try:
+        yield url
+    finally:
+        _stop(server, log)
+
+
+def _start(workdir: Path, port: int, timeout: float):
+    """Start the server on `port`; (process, log file, URL) once it answers, or URL None if the port was taken."""
     checkout = str(Path(__file__).resolve().parents[2])  # run THIS checkout's code, whatever is installed
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([checkout, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
-    log = open(workdir / SERVER_LOG, "w")  # noqa: SIM115 - closed below, after the server
+           "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    log = open(workdir / SERVER_LOG, "w")  # noqa: SIM115 - closed by _stop, after the server
     server = subprocess.Popen(
         [sys.executable, "-m", "glance_lite.ui", "--port", str(port), "--workdir", str(workdir)],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,
     )  # fmt: skip
     try:
-        _wait_until_up(server, url, timeout, workdir / SERVER_LOG)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        url = _wait_until_up(server, timeout, workdir)
+    except BaseException:
+        _stop(server, log)
+        raise
+    if url is None:
+        _stop(server, log)
+    return server, log, url
 
 
-def _wait_until_up(server: subprocess.Popen, url: str, timeout: float, log: Path) -> None:
+def _stop(server: subprocess.Popen, log) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(timeout=20)
+    log.close()
+
+
+def _log_tail(workdir: Path) -> str:
+    return (Path(workdir) / SERVER_LOG).read_text(errors="replace")[-3000:]
+
+
+def _wait_until_up(server: subprocess.Popen, timeout: float, workdir: Path) -> str | None:
+    """The server's URL once it says where it listens (the port it bound) and that URL answers; None if it exited
+    because its port was taken."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise RuntimeError(f"The UI server exited with code {server.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"The UI server did not answer {url} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+            if any(words in _log_tail(workdir) for words in _PORT_TAKEN):
+                return None
+            raise RuntimeError(f"The UI server exited with code {server.returncode}:\n{_log_tail(workdir)}")
+        listening = _LISTENING.search((workdir / SERVER_LOG).read_text(errors="replace"))
+        if listening:
+            url = listening.group(1).replace("0.0.0.0", "127.0.0.1") + "/"
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return url
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise TimeoutError(f"The UI server did not answer within {timeout:.0f} s:\n{_log_tail(workdir)}")
+
+
+def until(condition, timeout: float, what: str, poll: float = 0.05):
+    """Call `condition()` every `poll` seconds until it returns something true, and return that; TimeoutError naming
+    `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"Waited {timeout:.0f} s for {what}.")
+        time.sleep(poll)
 
 
 def chromium(downloads: Path | None = None, width: int = 1280, height: int = 1800) -> webdriver.Chrome:
@@ -107,14 +168,15 @@ def chromium(downloads: Path | None = None, width: int = 1280, height: int = 180
 def _again_if_redrawn(action):
     """Retry a page action whose element was redrawn meanwhile (Gradio re-renders a component it updates)."""
 
-    def retried(self, *args, **kwargs):
-        for attempt in range(3):
+    def retried(self, *args, **kwargs):  # each try looks the element up afresh (Page.element waits for it)
+        deadline = time.monotonic() + REDRAW_SECONDS
+        while True:
             try:
                 return action(self, *args, **kwargs)
             except StaleElementReferenceException:
-                if attempt == 2:
+                if time.monotonic() >= deadline:
                     raise
-                time.sleep(0.2)
+                time.sleep(0.1)
 
     return retried
 
@@ -175,7 +237,7 @@ class Page:
 
     def tab(self, tab_id: str) -> None:
         """Switch to the tab with this id (generate, compare, train)."""
-        self.driver.find_element(By.CSS_SELECTOR, f'button[role="tab"][data-tab-id="{tab_id}"]').click()
+        self._until(ec.element_to_be_clickable((By.CSS_SELECTOR, f'button[role="tab"][data-tab-id="{tab_id}"]'))).click()
 
     def open_settings(self, opened: bool = True) -> None:
         """Open (or close) the 'Sampler and LoRAs' accordion, closed when the page loads."""

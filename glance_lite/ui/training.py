@@ -32,6 +32,7 @@ LOG_FILE = "ui-train.log"
 CHECKPOINT_EVERY = 10
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _POLL_SECONDS = 0.3
+_STOP_GRACE_SECONDS = 30.0  # a stopped training child gets this long to exit before it is killed
 
 
 @dataclass(frozen=True)
@@ -222,9 +223,7 @@ def training_job(cache: ModelCache, request: TrainingRequest, workdir: Path, thr
         try:
             outcome = _follow(child, receive, job, folder, started)
         finally:
-            if child.is_alive():
-                child.terminate()
-            child.join(timeout=30)
+            _end(child)
         if outcome[0] != "done":
             raise UserError(outcome[1])  # already described for the page (`describe_error`), in the child
         return trained_run(runs_folder(workdir), request.run_name)
@@ -232,18 +231,35 @@ def training_job(cache: ModelCache, request: TrainingRequest, workdir: Path, thr
     return run
 
 
+def _end(child, grace: float = _STOP_GRACE_SECONDS) -> None:
+    """Terminate the child if it still runs and wait for it; kill it if it is still there after `grace` seconds (a
+    child that hangs must not keep the worker, and so every request queued behind it, waiting forever)."""
+    if child.is_alive():
+        child.terminate()
+    child.join(timeout=grace)
+    if child.is_alive():
+        child.kill()
+        child.join(timeout=grace)
+
+
 def _follow(child, receive, job: Job, folder: Path, started: float) -> tuple[str, str]:
-    """Update the job's progress from the loss CSVs until the child reports; terminate it when the job is cancelled."""
+    """Update the job's progress from the loss CSVs until the child reports; terminate it when the job is cancelled.
+    A child that ends without a report (killed, crashed) closes its end of the pipe: that ends the wait too."""
     while True:
         _update_progress(job, folder, started)
         job.progress.note = log_tail(folder, 1)
         if job.cancelled:
             child.terminate()
             raise Cancelled()
-        if receive.poll(_POLL_SECONDS):
+        if receive.poll(_POLL_SECONDS):  # a report, or the end of the pipe
             try:
                 return receive.recv()
             except EOFError:
-                pass
+                child.join(timeout=_STOP_GRACE_SECONDS)  # for its exit code
+                return _no_result(child)
         if not child.is_alive() and not receive.poll(0):
-            return ("failed", f"The training process ended without a result (exit code {child.exitcode}); see the server log.")
+            return _no_result(child)
+
+
+def _no_result(child) -> tuple[str, str]:
+    return ("failed", f"The training process ended without a result (exit code {child.exitcode}); see the server log.")

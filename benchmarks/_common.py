@@ -540,8 +540,10 @@ def check_random_build_fits(arch: Arch, profile, vram_cap_gb: float | None = Non
 
 
 # ==== LoRA files ==================================================================================================
-def write_random_lora(transformer, family, path: Path, *, rank: int, alpha: float, seed: int, std: float = 0.05, dtype=torch.float32) -> Path:
-    """A LoRA file for `transformer` (real or meta-built) with random A and B, written by `glance_lite.lora.save_lora`.
+def write_random_lora(transformer, family, path: Path, *, rank: int, alpha: float, seed: int, std: float = 0.05, dtype=torch.float32,
+                      layout: str = "glance_lite") -> Path:  # fmt: skip
+    """A LoRA file for `transformer` (real or meta-built) with random A and B, written by `glance_lite.lora.save_lora`
+    (`layout="lightning"`: `diffusion_model.` + lora_down/lora_up + `.alpha` keys, as Qwen-Image-Lightning ships).
 
     A default-initialized LoRA is a no-op (B = 0), so both factors are random: switching adapters then changes what
     the model computes, and a benchmark's adapter swap is real. The adapter is removed again afterwards.
@@ -562,6 +564,13 @@ def write_random_lora(transformer, family, path: Path, *, rank: int, alpha: floa
                 values = torch.randn(factor.weight.shape, generator=generator) * std
                 factor.weight = torch.nn.Parameter(values.to(dtype), requires_grad=False)
     try:
+        if layout == "lightning":
+            from peft.utils import get_peft_model_state_dict
+
+            from glance_lite.lora import lora_modules, write_lora_file
+
+            modules = lora_modules(get_peft_model_state_dict(transformer, adapter_name=name))
+            return write_lora_file(Path(path), modules, {m: float(alpha) for m in modules}, "diffusion_model.", factors="lora_down")
         return save_lora(transformer, family, name, Path(path))
     finally:
         transformer.delete_adapters(name)

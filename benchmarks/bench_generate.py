@@ -20,6 +20,13 @@ against a reload (evict the transformer, load it again with both adapters: what 
 
 Writes <out>/<stem>.json, <stem>.md and <stem>.png (memory over time of the first timed Glance and base runs);
 the default stem is <date>-<device>-<model> and the default folder benchmarks/results/.
+
+Side by side (`--methods glance,base-50,base-10,lightning-8`, any subset of `glance_lite.methods` names): per profile
+the model is loaded once with every adapter the methods need (slow, fast and a few-step LoRA: `--fewstep-lora`, else
+the preset's published file for a real model, else a random one in Lightning's key layout), and each method is timed
+(end to end and the denoise stage, median of `--repeats` after `--warmup`), with its transformer calls, peak memory,
+the planner's PCIe bytes per image, and the PSNR of its picture to the base-50 picture from the same noise; the
+pictures go to a PNG grid (<stem>-methods.png beside <stem>-methods.json / .md).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ TINY_LORA_RANK = 4  # the recipe's 32 would be as wide as the tiny models' 32-wi
 STAGES = ("text_encode", "denoise", "vae_decode")
 TINY_SIZE = 128
 POCKET_SIZE = 64  # the pocket world's images
+DEFAULT_PROMPT = "a red cube on a wooden table, studio light"
+POCKET_PROMPT = "a black circle on a green background, top right"  # in world.HELD_OUT: no pocket model trained on it
 
 
 # ==== command line =================================================================================================
@@ -68,11 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("how")
     run.add_argument("--height", type=int, help=f"default 1024 ({TINY_SIZE} for tiny models, {POCKET_SIZE} for pocket ones)")
     run.add_argument("--width", type=int, help=f"default 1024 ({TINY_SIZE} for tiny models, {POCKET_SIZE} for pocket ones)")
-    run.add_argument("--prompt", default="a red cube on a wooden table, studio light")
+    run.add_argument("--prompt", help=f"default: {DEFAULT_PROMPT!r} ({POCKET_PROMPT!r} for the pocket model, a held-out caption)")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--true-cfg-scale", type=float, help="default: the family's (5 for Qwen-Image, 1 for FLUX.1-dev)")
     run.add_argument("--mode", choices=("consistent", "reference"), default="consistent")
     run.add_argument("--base-steps", type=int, default=50)
+    run.add_argument("--methods", help="side by side instead: comma-separated sampling methods, e.g. glance,base-50,base-10,lightning-8")
+    run.add_argument("--fewstep-lora", help="the few-step LoRA of --methods fewstep-N / lightning-* (default: the preset's "
+                                            "published file for a real model, a random Lightning-layout one otherwise)")  # fmt: skip
     run.add_argument("--repeats", type=int, default=5, help="timed runs of each kind (median reported; default 5)")
     run.add_argument("--warmup", type=int, default=1, help="untimed runs of each kind first (default 1)")
     run.add_argument("--swap-repeats", type=int, default=20, help="adapter swaps timed (default 20)")
@@ -136,19 +148,23 @@ class Bench:
         self.notes: list[str] = []
         self.glance = None
 
-    def open(self) -> dict:
-        """The "load" stage: what `glance_lite.load` does, then the transformer brought in with both adapters."""
+    def open(self, methods=()) -> dict:
+        """The "load" stage: what `glance_lite.load` does, then the transformer brought in with its adapters (slow and
+        fast, and a few-step LoRA when one of `methods` needs it)."""
         import glance_lite
 
         args = self.args
         slow, fast = self._lora_files()  # writing random LoRA files is preparation, not part of a load
+        fewstep = next((m for m in methods if m.kind == "fewstep"), None)
+        fewstep_lora = self._fewstep_lora(fewstep) if fewstep else None
         with self.tracker.stage("load"):
             if args.random_weights:
-                self.glance = self._open_random(slow, fast)
+                self.glance = self._open_random(slow, fast, fewstep_lora)
             else:
                 self.glance = glance_lite.load(
                     args.model, slow, fast, profile=self.profile, height=args.height, width=args.width,
-                    use_official_loras=not args.random_lora,
+                    use_official_loras=not args.random_lora, fewstep_lora=fewstep_lora,
+                    method=fewstep if fewstep is not None and fewstep_lora is None else "glance",
                 )  # fmt: skip
             self.glance.manager.tracker = self.tracker
             self.glance.manager.bring("transformer")
@@ -174,6 +190,29 @@ class Bench:
             return self._random_loras(lambda: meta_component(source), source.family, torch.float32)
         return None, None  # glance_lite.load picks the official ones
 
+    def _fewstep_lora(self, method) -> str | None:
+        """--fewstep-lora, else (a real model with a preset) None: `load` takes the published file, else a random
+        LoRA written in Lightning's key layout (`diffusion_model.` + lora_down/lora_up + `.alpha`)."""
+        args = self.args
+        if args.fewstep_lora:
+            return args.fewstep_lora
+        if method.preset and not args.random_weights and not args.random_lora and not _is_tiny(args):
+            return None
+        if args.random_weights:
+            arch = C.ARCHS[args.arch].with_layers(args.num_layers)
+            meta, family = C.meta_module(arch, "transformer"), C.random_weight_source(arch, self.profile).family
+        else:
+            from glance_lite.models import meta_component, resolve_model
+
+            source = resolve_model(args.model)
+            meta, family = meta_component(source), source.family
+        rank = self.args.lora_rank or (TINY_LORA_RANK if _is_tiny(args) else 32)
+        path = self.lora_dir / f"fewstep-r{rank}.safetensors"
+        if not path.is_file():
+            C.write_random_lora(meta, family, path, rank=rank, alpha=rank, seed=3, std=0.01, layout="lightning")
+        self.notes.append(f"Few-step LoRA: random rank-{rank} weights in Lightning's key layout (a stand-in: its pictures are not a distilled model's).")
+        return str(path)
+
     def _random_loras(self, meta_transformer, family, dtype) -> tuple[str, str]:
         rank = self.args.lora_rank or (TINY_LORA_RANK if _is_tiny(self.args) else family.recipe.rank)
         alpha = family.recipe.alpha / family.recipe.rank * rank
@@ -186,7 +225,7 @@ class Bench:
         self.notes.append(f"LoRAs: random rank-{rank} adapters (alpha {alpha:g}) on the family's target modules, loaded from disk.")
         return paths[0], paths[1]
 
-    def _open_random(self, slow: str, fast: str):
+    def _open_random(self, slow: str, fast: str, fewstep: str | None = None):
         from glance_lite.api import Glance
         from glance_lite.lora import LoraSource
 
@@ -195,7 +234,7 @@ class Bench:
         source = C.random_weight_source(arch, self.profile, args.prompt_tokens)
         family = source.family
         manager = C.RandomWeightManager(source, self.profile, seed=args.seed, init_std=args.init_std)
-        loras = {"slow": LoraSource(slow), "fast": LoraSource(fast)}
+        loras = {"slow": LoraSource(slow), "fast": LoraSource(fast)} | ({"fewstep": LoraSource(fewstep)} if fewstep else {})
         self.notes += [
             f"Random weights: {arch.name} built from glance_lite/configs/{arch.config_dir} "
             f"({_arch_size(arch, args.num_layers)}), seeded N(0, {args.init_std:g}) init; "
@@ -243,6 +282,19 @@ class Bench:
             "transformer_forwards": calls,
             "timeline": self.tracker.timeline[first_sample:],
         }
+
+    def run_method(self, method) -> dict:
+        """One generate() with a sampling method: end to end and denoise seconds, transformer calls, peaks, picture."""
+        args = self.args
+        start = time.perf_counter()
+        result = self.glance.generate(args.prompt, height=args.height, width=args.width, seed=args.seed,
+                                      true_cfg_scale=args.true_cfg_scale, mode=args.mode, method=method, progress=False)  # fmt: skip
+        total = time.perf_counter() - start
+        if not torch.isfinite(result.latents[0]).all():
+            raise RuntimeError(f"{method.name} produced non-finite latents")
+        stages = {r.stage: _record(r) for r in result.stages}
+        return {"total_seconds": total, "stages": stages, "transformer_calls": result.transformer_calls,
+                "image": result.image, "sigmas": result.to_dict()["sigmas"]}  # fmt: skip
 
     def swap(self) -> dict | None:
         """use_adapter slow <-> fast on the loaded transformer, `--swap-repeats` times each way (fusing the adapter
@@ -553,10 +605,19 @@ def _main(argv: list[str] | None) -> dict:
     _check_args(args, parser)
     size = _default_size(args)
     args.height, args.width = args.height or size, args.width or size
+    pocket = args.model.startswith("pocket/") and not args.random_weights
+    args.prompt = args.prompt or (POCKET_PROMPT if pocket else DEFAULT_PROMPT)
     say = (lambda *_: None) if args.quiet else (lambda text: print(text, flush=True))
     from glance_lite.api import resolve_profile
 
     profile_names = _profiles(args)
+    if args.methods:
+        from _side_by_side import compare_methods
+
+        args.argv = argv
+        if args.threads is None and _is_tiny(args):
+            torch.set_num_threads(1)
+        return compare_methods(args, profile_names, say)
     first_device = C.device_for(resolve_profile(profile_names[0], args.model, args.height, args.width))
     C.set_vram_cap(args.vram_cap, first_device)
     torch.manual_seed(args.seed)
@@ -565,7 +626,7 @@ def _main(argv: list[str] | None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model = f"random/{args.arch}" + (f" ({args.num_layers} layers)" if args.num_layers else "") if args.random_weights else args.model
+    model = _model_label(args)
     report = {
         "benchmark": "generate",
         "command": C.command_line(argv, SCRIPT),
@@ -597,7 +658,7 @@ def _main(argv: list[str] | None) -> dict:
         family_scale = (family_for_pipeline_class(cls) if cls else _family(args.model)).default_true_cfg_scale
     report["settings"]["true_cfg_scale"] = args.true_cfg_scale if args.true_cfg_scale is not None else family_scale
 
-    tag = C.model_tag(f"random-{args.arch}" + (f"-{args.num_layers}l" if args.num_layers else "") if args.random_weights else args.model)
+    tag = _model_tag(args)
     folder, stem = C.output_paths(args.out, args.name or C.result_stem("generate", first_device, tag, args.vram_cap))
     png_names = {}
     for name, timeline in timelines.items():
@@ -619,6 +680,14 @@ def _main(argv: list[str] | None) -> dict:
         print(f"wrote {folder / stem}.json, .md, " + ", ".join(png_names.values()))
     report["paths"] = {"json": folder / f"{stem}.json", "markdown": folder / f"{stem}.md", "png": [folder / p for p in png_names.values()]}
     return report
+
+
+def _model_label(args) -> str:
+    return f"random/{args.arch}" + (f" ({args.num_layers} layers)" if args.num_layers else "") if args.random_weights else args.model
+
+
+def _model_tag(args) -> str:
+    return C.model_tag(f"random-{args.arch}" + (f"-{args.num_layers}l" if args.num_layers else "") if args.random_weights else args.model)
 
 
 def _family(model: str):

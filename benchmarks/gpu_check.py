@@ -14,7 +14,8 @@ random prompt embeddings of the real shape), each GPU profile capped to its card
    the same noise (streamed must equal resident: garbage from streams was diffusers#12673), and one training step of
    the 4090 training policy. If any of it fails the check stops there and says so.
 2. **Jobs in order of value**: the 4090 image at full size and its training step, streamed vs resident at full size,
-   the 12gb image and training step, a100-80gb, 16gb, 8gb, 3090, then the V100 profiles (fp32 compute, no TF32: at
+   the 12gb image and training step, Glance beside Lightning-8 on the 4090 profile (a random LoRA in Lightning's
+   key layout, one call per step, no CFG), a100-80gb, 16gb, 8gb, 3090, then the V100 profiles (fp32 compute, no TF32: at
    --v100-size), multi-gpu where there are two GPUs. Before each job its time is estimated from FLOPs and bytes
    (reference notes §9: 70.6 TFLOP per Qwen-Image forward at 1024², PCIe bytes from the plan), scaled by how the
    smoke stage compared with its own estimate; a job that would end after --budget-s is skipped, never started.
@@ -51,7 +52,7 @@ SCRIPT = "benchmarks/gpu_check.py"
 # Jobs after the smoke stage, most valuable first: (kind, profile).
 DEFAULT_JOBS = (
     ("image", "4090"), ("train", "4090"), ("compare", "4090"), ("image", "12gb"), ("train", "12gb"),
-    ("image", "a100-80gb"), ("image", "16gb"), ("image", "8gb"), ("image", "3090"),
+    ("methods", "4090"), ("image", "a100-80gb"), ("image", "16gb"), ("image", "8gb"), ("image", "3090"),
     ("image", "v100-32gb"), ("image", "v100-16gb"), ("image", "multi-gpu"),
 )  # fmt: skip
 PROMPT = "a red fox in the snow, photograph"
@@ -59,6 +60,7 @@ TRAIN_TEXT_TOKENS = 1024
 GLANCE_STEPS = 10  # 5 slow + 5 fast
 MIN_STREAMED_PSNR_DB = 40.0  # below this the streamed picture is not the resident one (garbage from streams)
 TRACEBACKS = "gpu-check-tracebacks.txt"
+FEWSTEP_STEPS = 8  # Glance beside Lightning-8
 GiB = C.GiB
 
 # Effective throughput the estimates assume before the smoke stage calibrates them (conservative; §9 measured
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = C.cli.ArgumentParser(prog=f"python {SCRIPT}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--profile", action="append", help="image jobs to run (default: the list in the docstring)")
     p.add_argument("--train-profile", action="append", help="training-step jobs to run (default: 4090, 12gb)")
+    p.add_argument("--methods-profile", action="append", help="Glance beside Lightning-8 under these profiles (default: 4090)")
     p.add_argument("--size", type=int, default=1024, help="image height and width of the jobs (default 1024)")
     p.add_argument("--v100-size", type=int, default=512, help="image size of the V100 profiles' jobs (fp32 compute; default 512)")
     p.add_argument("--num-layers", type=int, help="transformer blocks of the jobs (default: all 60)")
@@ -102,7 +105,7 @@ def forward_flops(arch, size: int, text_tokens: int, batch: int) -> float:
 
 @dataclass
 class Job:
-    kind: str  # smoke | image | train | compare
+    kind: str  # smoke | image | train | compare | methods
     profile: str
     size: int
     layers: int | None = None
@@ -128,7 +131,9 @@ def estimate_seconds(job: Job, arch, device: torch.device, calibration: float) -
         flops = image_flops + GLANCE_STEPS * forward_flops(arch, job.size, arch.prompt_tokens, 2) + train_flops
         seconds = flops / rates[dtype] + 3 * build / rates["build"] + 3 * rates["fixed"]
     else:
-        flops = {"image": image_flops, "compare": image_flops / 2, "train": train_flops}[job.kind]
+        lightning = 2 * FEWSTEP_STEPS * forward_flops(arch, job.size, arch.prompt_tokens, 1)
+        flops = {"image": image_flops, "compare": image_flops / 2, "train": train_flops, "methods": image_flops + lightning}[job.kind]
+        pcie["methods"] = 2 * mp.pcie.per_image + 2 * _planned(arch, profile, job.size, device, method=f"fewstep-{FEWSTEP_STEPS}").pcie.per_image
         seconds = flops / rates[dtype] + pcie.get(job.kind, 0) / rates["pcie"] + build / rates["build"] + rates["fixed"]
     return seconds * calibration
 
@@ -147,11 +152,11 @@ def _job_profile(job: Job):
                                training=training)  # fmt: skip
 
 
-def _planned(arch, profile, size: int, device: torch.device, simulate: bool = False):
+def _planned(arch, profile, size: int, device: torch.device, simulate: bool = False, method: str | None = None):
     from glance_lite.plan import plan
 
     return plan(C.arch_configs(arch), profile, size, size, text_tokens=arch.prompt_tokens,
-                device="cpu" if device.type == "cpu" else None, simulate=simulate)  # fmt: skip
+                device="cpu" if device.type == "cpu" else None, simulate=simulate, method=method)  # fmt: skip
 
 
 def _cap(profile, device: torch.device) -> float | None:
@@ -208,7 +213,8 @@ class RssPeak:
 
 
 def _open(arch, profile, loras: dict, size: int, args):
-    """A Glance on random weights through the library's own manager, LoRA loading and sampler."""
+    """A Glance on random weights through the library's own manager, LoRA loading and sampler (every LoRA in `loras`
+    loaded: slow and fast, and a few-step one when given)."""
     from glance_lite.api import Glance
     from glance_lite.lora import LoraSource
 
@@ -219,8 +225,27 @@ def _open(arch, profile, loras: dict, size: int, args):
     return Glance(source, profile, sources, "trained", source.family.default_split, manager=manager)
 
 
-def _generate(glance, size: int, args):
-    return glance.generate(PROMPT, height=size, width=size, seed=args.seed, output_type="pil", progress=False)
+def _generate(glance, size: int, args, method: str = "glance"):
+    return glance.generate(PROMPT, height=size, width=size, seed=args.seed, output_type="pil", progress=False, method=method)
+
+
+def methods_run(arch, profile, loras: dict, size: int, args, device: torch.device) -> dict:
+    """Glance beside a few-step LoRA (Lightning's layout, random weights) on one loaded model: each once to warm up,
+    then timed; transformer calls, denoise time and peak per method."""
+    glance = _open(arch, profile, loras, size, args)
+    cap = _cap(profile, device) if args.device is None else None
+    out = {"cap_gib": cap}
+    try:
+        for method in ("glance", f"fewstep-{FEWSTEP_STEPS}"):
+            _generate(glance, size, args, method)
+            start = time.perf_counter()
+            result = _generate(glance, size, args, method)
+            denoise = next(r for r in result.stages if r.stage == "denoise")
+            out[method] = {"seconds": time.perf_counter() - start, "denoise_seconds": denoise.seconds,
+                           "denoise_peak_bytes": denoise.peak_bytes, "transformer_calls": result.transformer_calls}  # fmt: skip
+    finally:
+        _uncap(device)
+    return out
 
 
 def _streaming(glance) -> dict:
@@ -375,6 +400,8 @@ def run_job(job: Job, arch, loras: dict, args, device: torch.device) -> dict:
         row, glance, result = image_run(job_arch, profile, loras, job.size, args, device)
         del glance, result
         return row
+    if job.kind == "methods":
+        return methods_run(job_arch, profile, loras, job.size, args, device)
     if job.kind == "compare":
         row, glance, result = image_run(job_arch, profile, loras, job.size, args, device)
         del glance
@@ -383,14 +410,18 @@ def run_job(job: Job, arch, loras: dict, args, device: torch.device) -> dict:
     return training_step(job_arch, profile, job.size, args)
 
 
+def _chosen_jobs(args) -> list[tuple[str, str]]:
+    if args.profile or args.train_profile or args.methods_profile:
+        return ([("image", p) for p in args.profile or ()] + [("train", p) for p in args.train_profile or ()]
+                + [("methods", p) for p in args.methods_profile or ()])  # fmt: skip
+    return list(DEFAULT_JOBS)
+
+
 def plan_jobs(args, device: torch.device) -> list[Job]:
     from glance_lite.profiles import load_profile
 
-    chosen = DEFAULT_JOBS
-    if args.profile or args.train_profile:
-        chosen = [("image", p) for p in args.profile or ()] + [("train", p) for p in args.train_profile or ()]
     jobs = []
-    for kind, name in chosen:
+    for kind, name in _chosen_jobs(args):
         v100 = load_profile(name).compute_dtype == "float16"
         jobs.append(Job(kind, name, args.v100_size if v100 else args.size, args.num_layers))
     return jobs
@@ -402,7 +433,7 @@ def _why_not(job: Job, device: torch.device) -> str | None:
     profile = load_profile(job.profile)
     if profile.num_gpus > 1 and (device.type != "cuda" or torch.cuda.device_count() < profile.num_gpus):
         return f"needs {profile.num_gpus} GPUs"
-    if job.kind != "image" and profile.component("transformer").placement == "sharded":
+    if job.kind not in ("image",) and profile.component("transformer").placement == "sharded":
         return "random weights do not build a sharded transformer"
     return None
 
@@ -436,6 +467,10 @@ def check(argv: list[str] | None = None) -> dict:
             C.write_random_lora(C.meta_module(arch, "transformer"), family, path, rank=family.recipe.rank,
                                 alpha=family.recipe.alpha, seed=seed, dtype=torch.bfloat16)  # fmt: skip
             loras[phase] = path
+        fewstep = {"fewstep": Path(folder) / "fewstep.safetensors"}
+        if not args.smoke_only and any(kind == "methods" for kind, _ in _chosen_jobs(args)):
+            C.write_random_lora(C.meta_module(arch, "transformer"), family, fewstep["fewstep"], rank=family.recipe.rank,
+                                alpha=family.recipe.rank, seed=3, std=0.01, dtype=torch.bfloat16, layout="lightning")  # fmt: skip
         smoke_layers = min(args.smoke_layers, (arch.config("transformer") | arch.transformer_overrides)["num_layers"])
         smoke = Job("smoke", "4090", args.smoke_size, smoke_layers)
         jobs = [smoke] + ([] if args.smoke_only else plan_jobs(args, device))
@@ -450,7 +485,7 @@ def check(argv: list[str] | None = None) -> dict:
                 _write(report, out)
                 continue
             print(f"{job.name}: estimated {job.estimate_s:.0f} s ...", flush=True)
-            row = _attempt(job, arch, loras, args, device, out)
+            row = _attempt(job, arch, loras | fewstep if job.kind == "methods" else loras, args, device, out)
             report["jobs"].append(row)
             if row["status"] == "failed":
                 report["failed"].append(job.name)
@@ -525,6 +560,11 @@ def markdown(report: dict) -> str:
     for name, c in compares:
         lines += ["", f"Streamed vs resident ({name}, same seed): {c['streamed_blocks']} of {c['blocks']} blocks streamed, "
                       f"{c['resident_blocks']} resident; max |latent difference| {c['max_abs_latent_difference']:.3g}, PSNR {c['psnr_db']:.1f} dB."]  # fmt: skip
+    for row in (r for r in report["jobs"] if r["status"] == "ok" and r["job"].startswith("methods")):
+        lines += ["", f"| {row['job']} | transformer calls | seconds | denoise s | denoise peak GiB |", "|---|---|---|---|---|"]
+        for method in ("glance", f"fewstep-{FEWSTEP_STEPS}"):
+            m = row[method]
+            lines.append(f"| {method} | {m['transformer_calls']} | {m['seconds']:.2f} | {m['denoise_seconds']:.2f} | {_gib(m['denoise_peak_bytes'])} |")
     memory = images + trains
     if memory:
         lines += ["", "| job | peak RSS GiB | planned RAM GiB | pinned GiB | planned pinned GiB |", "|---|---|---|---|---|"]

@@ -24,7 +24,8 @@ from .manager import ComponentManager
 from .memory import StageRecord
 from .models import ModelSource, meta_component, resolve_model
 from .sampler import sample
-from .schedule import SCHEDULE_MODES, PhasePlan, PhaseSplit, base_plan, glance_plan
+from .methods import FEWSTEP, Method, MethodError, parse_method
+from .schedule import SCHEDULE_MODES, PhasePlan, PhaseSplit
 
 logger = logging.getLogger("glance_lite")
 DEFAULT_MODEL = "tiny/qwen-image"
@@ -44,6 +45,8 @@ class GenerationResult:
     lora_reports: list[LoraReport] = field(default_factory=list)
     noise: list[torch.Tensor] = field(default_factory=list)  # the latents each image started from (pass as latents=)
     settings: list[dict] = field(default_factory=list)  # per image, what made it (written into PNGs; --from-png)
+    method: Method | None = None
+    transformer_calls: int = 0  # transformer forwards per image (a batched CFG pair is one)
 
     @property
     def image(self):
@@ -51,6 +54,9 @@ class GenerationResult:
 
     def to_dict(self) -> dict:
         return {
+            "method": self.method.to_dict() if self.method else None,
+            "sigmas": plan_sigmas(self.plan),
+            "transformer_calls": self.transformer_calls,
             "schedule": self.plan.to_dict(),
             "stage_seconds": {r.stage: r.seconds for r in self.stages},
             "phase_seconds": self.phase_seconds,
@@ -91,6 +97,11 @@ def resolve_profile(profile, model: str, height: int, width: int):
     return load_profile(profile)
 
 
+def plan_sigmas(plan: PhasePlan) -> list[float]:
+    """The noise levels a run visits, the final one included (0: the clean image)."""
+    return [step.sigma for step in plan.steps] + [plan.steps[-1].sigma_next] if plan.steps else []
+
+
 def _lora_source(lora, weight_name: str | None) -> LoraSource | None:
     if lora is None or isinstance(lora, LoraSource):
         return lora
@@ -98,16 +109,19 @@ def _lora_source(lora, weight_name: str | None) -> LoraSource | None:
 
 
 class Glance:
-    """A loaded model: one transformer with its 'slow' and 'fast' adapters, reused by every `generate()`."""
+    """A loaded model: one transformer with its adapters ('slow' and 'fast' for Glance, 'fewstep' for a few-step LoRA),
+    reused by every `generate()`, whichever sampling method it runs (`glance_lite.methods`)."""
 
     def __init__(self, source: ModelSource, profile, loras: dict[str, LoraSource], lora_compat: LoraCompat, split: PhaseSplit,
-                 manager: ComponentManager | None = None, *, device: str | None = None, rank: int = 0):  # fmt: skip
+                 manager: ComponentManager | None = None, *, device: str | None = None, rank: int = 0,
+                 method: Method | str = "glance"):  # fmt: skip
         self.source = source
         self.family = source.family
         self.profile = profile
         self.loras = loras
         self.lora_compat = lora_compat
         self.split = split
+        self.method = parse_method(method)
         self.lora_reports: list[LoraReport] = []
         self._lora_files: list[dict] | None = None
         # benchmarks pass a manager that builds random weights
@@ -115,8 +129,10 @@ class Glance:
         self.manager.on_load("transformer", self._attach_adapters)
 
     def _attach_adapters(self, transformer) -> None:
+        """Every adapter, by name; a few-step LoRA at the scale its publisher's pipeline applies."""
         self.lora_reports = [
-            load_lora(transformer, self.family, src, name, self.lora_compat) for name, src in self.loras.items()
+            load_lora(transformer, self.family, src, name, "published" if name == FEWSTEP else self.lora_compat)
+            for name, src in self.loras.items()
         ]
 
     @property
@@ -138,15 +154,25 @@ class Glance:
             self._lora_files = [{"phase": phase, "source": str(src), **file_entry(src.resolve())} for phase, src in self.loras.items()]
         return self._lora_files
 
-    def plan(self, height: int, width: int, mode: str = "consistent", split: PhaseSplit | None = None, base_steps: int | None = None) -> PhasePlan:
+    def plan(self, height: int, width: int, mode: str = "consistent", split: PhaseSplit | None = None, base_steps: int | None = None,
+             method: Method | str | None = None) -> PhasePlan:  # fmt: skip
         """The steps a `generate()` with these arguments will take (no model work)."""
-        seq_len = self.family.seq_len(self.manager.pipe, height, width)
-        config = self.manager.pipe.scheduler.config
-        if base_steps is not None:
-            return base_plan(config, seq_len, base_steps)
         if mode not in SCHEDULE_MODES:
             raise ValueError(f"Unknown schedule mode {mode!r}: choose one of {', '.join(SCHEDULE_MODES)}.")
-        return glance_plan(config, seq_len, split or self.split, mode)
+        method = self.resolve_method(method, base_steps)
+        seq_len = self.family.seq_len(self.manager.pipe, height, width)
+        return method.plan(self.manager.pipe.scheduler.config, seq_len, split or self.split, mode)
+
+    def resolve_method(self, method: Method | str | None = None, base_steps: int | None = None) -> Method:
+        """The method a call runs: `base_steps=N` is the base model, else the one given, else the one loaded for;
+        a few-step method needs its LoRA loaded."""
+        method = parse_method(f"base-{base_steps}") if base_steps is not None else parse_method(method or self.method)
+        if method.adapter and method.adapter not in self.loras:
+            raise MethodError(
+                f"{method.name} samples with a few-step LoRA and none is loaded: pass fewstep_lora= to load() "
+                "(--lora FILE), or use a preset such as lightning-8 for its published file."
+            )
+        return method
 
     @torch.no_grad()
     def generate(
@@ -166,8 +192,11 @@ class Glance:
         progress: bool = True,
         latents=None,
         generator_device: str = "cpu",
+        method: Method | str | None = None,
     ) -> GenerationResult:
-        """Generate one image per prompt (prompt i uses seed + i). `base_steps=N` runs the plain base model.
+        """Generate one image per prompt (prompt i uses seed + i) with a sampling method: `method` ("glance",
+        "base-50", "fewstep-8", "lightning-8", ...; default: the one `load()` was given), `base_steps=N` for the
+        plain base model. A few-step method runs without guidance unless `true_cfg_scale` says otherwise.
 
         `mode` is "consistent" (the latent follows the schedule, lands on the clean image) or "reference"
         (reproduces the official Glance sampler). `image` is the input image for Qwen-Image-Edit models.
@@ -183,8 +212,10 @@ class Glance:
         condition = _condition_image(image) if self.family.needs_condition_image else None
         given = read_latents(latents, len(prompts)) if latents is not None else None
         _check_generator_device(generator_device, self.device)
-        scale = self.family.default_true_cfg_scale if true_cfg_scale is None else float(true_cfg_scale)
-        plan = self.plan(height, width, mode, split, base_steps)
+        method = self.resolve_method(method, base_steps)
+        default_scale = self.family.default_true_cfg_scale if method.guidance else 1.0
+        scale = default_scale if true_cfg_scale is None else float(true_cfg_scale)
+        plan = self.plan(height, width, mode, split, method=method)
         adapters = {phase: (phase if phase in self.loras else None) for phase in plan.phases}
 
         manager, family, device, dtype = self.manager, self.family, self.device, self.compute_dtype
@@ -199,9 +230,10 @@ class Glance:
         denoise_components = tuple(c for c in family.denoise_components if c in manager.components)
         latents, noise, settings, phase_seconds, switch_seconds = [], [], [], {}, {}
         shared_settings = {  # what every prompt's image records alike (files hashed once)
-            "negative_prompt": negative_prompt, "height": height, "width": width, "mode": mode, "base_steps": base_steps,
-            "true_cfg_scale": scale,
-            "split": None if base_steps else {p: list(getattr(split or self.split, p)) for p in ("slow", "fast")},
+            "negative_prompt": negative_prompt, "height": height, "width": width, "mode": mode,
+            "method": method.name, "base_steps": method.steps if method.kind == "base" else None,
+            "sigmas": plan_sigmas(plan), "true_cfg_scale": scale,
+            "split": {p: list(getattr(split or self.split, p)) for p in ("slow", "fast")} if method.kind == "glance" else None,
             "generator_device": generator_device, "latents": "given" if given is not None else None,
             "image": file_entry(image) if isinstance(image, (str, Path)) else None, **self._model_settings(),
         }  # fmt: skip
@@ -219,6 +251,7 @@ class Glance:
                     fuse_adapters=bool(getattr(self.profile, "fuse_lora", False)), progress=progress,
                 )  # fmt: skip
                 latents.append(run.latents)
+                settings[-1]["transformer_calls"] = calls = run.transformer_calls
                 for phase, seconds in run.phase_seconds.items():
                     phase_seconds[phase] = phase_seconds.get(phase, 0.0) + seconds
                 switch_seconds = run.switch_seconds
@@ -230,7 +263,7 @@ class Glance:
                     images.extend(family.decode(pipe, lat, height, width, output_type=output_type))
         return GenerationResult(
             images, latents, plan, manager.tracker.records[first_record:], phase_seconds, switch_seconds, self.lora_reports,
-            noise, settings,
+            noise, settings, method, calls,
         )
 
     def _model_settings(self) -> dict:
@@ -333,6 +366,27 @@ def _official_loras(family, model: str) -> dict[str, LoraSource]:
     return loras
 
 
+def _preset_lora(family, method: Method, model: str) -> LoraSource:
+    """A preset's published few-step LoRA for this model's family, found (local hub cache, else a download) before
+    anything loads."""
+    published = family.few_step_loras.get(method.preset)
+    if published is None:
+        raise MethodError(
+            f"{method.preset} runs Qwen-Image-Lightning, published for Qwen-Image and Qwen-Image-Edit; {model} is a "
+            f"{family.name} model: pass a few-step LoRA made for it with --lora FILE (fewstep_lora=) and --method fewstep-N."
+        )
+    repo, file = published
+    lora = LoraSource(repo, file)
+    try:
+        lora.resolve()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{method.preset} runs with {file} of {repo}, which is not in the local Hugging Face cache and could not "
+            f"be downloaded: download it (`hf download {repo} {file}`), or pass the file with --lora FILE (fewstep_lora=)."
+        ) from None
+    return lora
+
+
 def load(
     model: str = DEFAULT_MODEL,
     slow_lora=None,
@@ -349,12 +403,21 @@ def load(
     condition_area: int | None = None,
     device: str | None = None,
     rank: int | None = None,
+    method: Method | str = "glance",
+    fewstep_lora=None,
+    fewstep_weight_name: str | None = None,
+    scheduler: dict | None = None,
 ) -> Glance:
     """Resolve and check everything, then return a `Glance` whose `.generate()` reuses the loaded model.
 
+    `method` is what `.generate()` samples with by default (`glance_lite.methods`: "glance", "base-N",
+    "fewstep-N", "lightning-8", "lightning-4"); `scheduler` overrides a few-step method's scheduler settings.
     LoRAs: a local .safetensors file, a folder, or a hub repo id with `*_weight_name`. For the official base
-    models with published Glance LoRAs (Qwen/Qwen-Image -> CSU-JPG/Glance) those are used unless you pass your
-    own or `use_official_loras=False`. With no LoRAs the Glance schedule runs on the plain base model.
+    models with published Glance LoRAs (Qwen/Qwen-Image -> CSU-JPG/Glance) those are used by the glance method
+    unless you pass your own or `use_official_loras=False`; with no LoRAs the Glance schedule runs on the plain base
+    model. `fewstep_lora` is the few-step LoRA (e.g. a Qwen-Image-Lightning file); the lightning presets default to
+    the published file for the model's family. Slow, fast and few-step LoRAs can all be loaded at once: one
+    transformer, adapters switched by name.
     `condition_area` (edit models): pixel area the input image is resized to (stock: 1024*1024).
     `device="cpu"` runs the profile's choices (quantization, residency, placement) on the CPU; `rank` is this
     process's index under `accelerate launch` (default: $LOCAL_RANK), which picks its GPUs.
@@ -370,22 +433,31 @@ def load(
     rank = gpus.local_rank() if rank is None else rank
     resolved_profile = resolve_profile(profile, model, height, width)
     gpus.use_profile_gpus(resolved_profile, family, device, rank)  # before any LoRA file or weight is read
+    method = parse_method(method, scheduler=scheduler)
     loras = {"slow": _lora_source(slow_lora, slow_weight_name), "fast": _lora_source(fast_lora, fast_weight_name)}
-    if not any(loras.values()) and use_official_loras and source.is_official_base and family.official_loras:
+    if method.kind == "glance" and not any(loras.values()) and use_official_loras and source.is_official_base and family.official_loras:
         loras = _official_loras(family, model)
+    loras[FEWSTEP] = _lora_source(fewstep_lora, fewstep_weight_name)
+    if loras[FEWSTEP] is None and method.preset:
+        loras[FEWSTEP] = _preset_lora(family, method, model)
+    if loras[FEWSTEP] is None and method.kind == "fewstep":
+        raise MethodError(f"{method.name} samples with a few-step LoRA: pass it with --lora FILE (fewstep_lora=).")
     loras = {name: src for name, src in loras.items() if src is not None}
     if loras:
         meta = meta_component(source)
         for src in loras.values():
             check_lora_fits(read_lora_file(src.resolve())[0], meta, family, str(src))
-    return Glance(source, resolved_profile, loras, lora_compat, split, device=device, rank=rank)
+    return Glance(source, resolved_profile, loras, lora_compat, split, device=device, rank=rank, method=method)
 
 
 def generate(prompt: str | Sequence[str], model: str = DEFAULT_MODEL, slow_lora=None, fast_lora=None, *, profile="auto", lora_compat: LoraCompat = "trained", **generate_kwargs) -> GenerationResult:
     """One-shot: `load(...)` then `.generate(prompt, ...)`. Use `load()` directly to generate many times."""
     check_prompts(prompt)
     check_size(generate_kwargs.get("height", 1024), generate_kwargs.get("width", 1024))
-    load_kwargs = {k: generate_kwargs.pop(k) for k in ("slow_weight_name", "fast_weight_name", "use_official_loras", "split", "condition_area", "device", "rank") if k in generate_kwargs}
+    load_kwargs = {k: generate_kwargs.pop(k) for k in ("slow_weight_name", "fast_weight_name", "use_official_loras", "split", "condition_area",
+                                                       "device", "rank", "fewstep_lora", "fewstep_weight_name", "scheduler") if k in generate_kwargs}  # fmt: skip
+    if "method" in generate_kwargs:
+        load_kwargs["method"] = generate_kwargs["method"]
     glance = load(
         model, slow_lora, fast_lora, profile=profile, lora_compat=lora_compat,
         height=generate_kwargs.get("height", 1024), width=generate_kwargs.get("width", 1024), **load_kwargs,

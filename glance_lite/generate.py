@@ -1,8 +1,10 @@
-"""`python -m glance_lite.generate`: sample images with Glance (or the plain base model) from the command line.
+"""`python -m glance_lite.generate`: sample images with Glance, the plain base model or a few-step LoRA.
 
     python -m glance_lite.generate --model tiny/qwen-image --prompt "a red cube" --height 128 --width 128 --out a.png
     python -m glance_lite.generate --model Qwen/Qwen-Image --prompt "..." --profile 4090 --out a.png
     python -m glance_lite.generate --model Qwen/Qwen-Image --prompt "..." --base-steps 50 --out base.png
+    python -m glance_lite.generate --model Qwen/Qwen-Image --prompt "..." --method lightning-8 --out l8.png
+    python -m glance_lite.generate --model tiny/qwen-image --prompt "..." --method fewstep --lora my.safetensors --steps 8 --out f.png
     accelerate launch -m glance_lite.generate --prompts-file prompts.txt --out-dir out/   # one process per GPU
 
     python -m glance_lite.generate --from-png a.png --out again.png    # the same image again, from its settings
@@ -50,7 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("consistent", "reference"), default="consistent", help="schedule mode (see README)")
     p.add_argument("--slow-steps", help="slow-phase indices into the 50-step schedule, e.g. 0,2,4,6,8")
     p.add_argument("--fast-steps", help="fast-phase indices, e.g. 10,20,30,40,49")
-    p.add_argument("--base-steps", type=int, help="run the plain base model for N steps instead of Glance")
+    p.add_argument("--method", default="glance",
+                   help="sampling method: glance (default), base-N, fewstep-N (one few-step LoRA, --lora, no guidance), "
+                        "lightning-8 / lightning-4 (Qwen-Image-Lightning's published file unless --lora)")  # fmt: skip
+    p.add_argument("--steps", type=int, help="steps of --method base or fewstep (e.g. --method fewstep --steps 8)")
+    p.add_argument("--lora", help="the few-step LoRA of --method fewstep-N / lightning-*: .safetensors file, folder, or hub repo id")
+    p.add_argument("--lora-weight-name", help="file name of --lora in a folder or hub repo")
+    p.add_argument("--scheduler", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a few-step method's scheduler setting (default: Qwen-Image-Lightning's), e.g. base_shift=1.0986")  # fmt: skip
+    p.add_argument("--base-steps", type=int, help="run the plain base model for N steps instead of Glance (= --method base-N)")
     p.add_argument("--latents", type=Path, help="starting noise: a .pt / .safetensors tensor in the pipeline's packed layout")
     p.add_argument("--generator-device", choices=("cpu", "cuda"), default="cpu",
                    help="where the seeded noise is drawn: cpu (same on every machine) or cuda (as the official script; needs a GPU)")
@@ -88,8 +98,30 @@ def _outputs(args, n: int) -> list[Path]:
     return check_output_files([folder / f"{i:03d}.png" for i in range(n)], "--out-dir", args.overwrite)
 
 
+def _method(args):
+    """The sampling method the options name (--method, --steps, --base-steps, --scheduler, --lora), refused when they
+    contradict each other."""
+    from .methods import parse_method, parse_scheduler_options
+
+    if args.base_steps is not None:
+        if args.base_steps < 1:
+            raise cli.UsageError(f"--base-steps {args.base_steps}: the base model needs at least 1 step (e.g. --base-steps 50).")
+        if args.method != "glance" or args.steps is not None:
+            raise cli.UsageError("--base-steps N is --method base-N: give one of them.")
+        return parse_method(f"base-{args.base_steps}")
+    method = parse_method(args.method, args.steps, parse_scheduler_options(args.scheduler))
+    if args.lora is not None and method.kind != "fewstep":
+        raise cli.UsageError(f"--lora is the few-step LoRA of --method fewstep-N / lightning-*; {method.name} uses "
+                             "--slow-lora / --fast-lora (glance) or none (base).")  # fmt: skip
+    if method.kind == "fewstep" and not method.preset and args.lora is None:
+        raise cli.UsageError(f"{method.name} samples with a few-step LoRA: pass it with --lora FILE (or use --method lightning-8).")
+    if method.kind != "glance" and (args.slow_steps or args.fast_steps):
+        raise cli.UsageError(f"--slow-steps / --fast-steps split the glance method; {method.name} takes --steps.")
+    return method
+
+
 def _check_before_loading(args):
-    """What can be refused without a model (size, steps, guidance, LoRA files, input image); the split."""
+    """What can be refused without a model (size, steps, guidance, LoRA files, input image); the split and method."""
     import math
 
     from .checks import check_size
@@ -98,11 +130,10 @@ def _check_before_loading(args):
 
     check_size(args.height, args.width)
     split = PhaseSplit.parse(args.slow_steps, args.fast_steps) if (args.slow_steps or args.fast_steps) else None
-    if args.base_steps is not None and args.base_steps < 1:
-        raise cli.UsageError(f"--base-steps {args.base_steps}: the base model needs at least 1 step (e.g. --base-steps 50).")
+    method = _method(args)
     if args.true_cfg_scale is not None and not math.isfinite(args.true_cfg_scale):
         raise cli.UsageError(f"--true-cfg-scale {args.true_cfg_scale}: give a finite number (1 turns true CFG off).")
-    for lora, weight_name in ((args.slow_lora, args.slow_weight_name), (args.fast_lora, args.fast_weight_name)):
+    for lora, weight_name in ((args.slow_lora, args.slow_weight_name), (args.fast_lora, args.fast_weight_name), (args.lora, args.lora_weight_name)):
         if lora is not None:
             check_lora_file_header(LoraSource(lora, weight_name).resolve())
     if args.image is not None:
@@ -120,7 +151,7 @@ def _check_before_loading(args):
         raise cli.UsageError(f"{args.model} is an image-editing model: pass the input image with --image PATH.")
     if args.image is not None and not family.needs_condition_image:
         raise cli.UsageError(f"--image is the input image of an image-editing model; {args.model} is a {family.name} model.")
-    return split
+    return split, method
 
 
 def _process_share(items: list) -> list[tuple[int, object]]:
@@ -131,8 +162,10 @@ def _process_share(items: list) -> list[tuple[int, object]]:
 
 # ---- what an image remembers ------------------------------------------------------------------------------------
 # Settings stored in the PNG that map one to one onto a command-line option.
-_PNG_OPTIONS = ("negative_prompt", "seed", "height", "width", "model", "profile", "device", "mode", "base_steps",
+_PNG_OPTIONS = ("negative_prompt", "seed", "height", "width", "model", "profile", "device", "mode", "method",
                 "true_cfg_scale", "lora_compat", "generator_device")  # fmt: skip
+# The command-line option of each phase's LoRA a PNG records.
+_LORA_OPTIONS = {"slow": "slow_lora", "fast": "fast_lora", "fewstep": "lora"}
 
 
 def _apply_png_settings(args, parser) -> None:
@@ -150,11 +183,13 @@ def _apply_png_settings(args, parser) -> None:
     for key in _PNG_OPTIONS:
         if key in settings and getattr(args, key) == parser.get_default(key):
             setattr(args, key, settings[key])
+    if "method" not in settings and settings.get("base_steps") and args.method == parser.get_default("method"):
+        args.method = f"base-{settings['base_steps']}"  # a PNG written before methods had names
     loras = {entry["phase"]: entry for entry in settings.get("loras", [])}
     for phase, entry in loras.items():
-        if getattr(args, f"{phase}_lora") is None:
+        if getattr(args, _LORA_OPTIONS[phase]) is None:
             _same_bytes(entry, f"the {phase} LoRA")
-            setattr(args, f"{phase}_lora", entry["name"])
+            setattr(args, _LORA_OPTIONS[phase], entry["name"])
     if not loras and args.slow_lora is None and args.fast_lora is None:
         args.no_official_loras = True  # it was made without LoRAs
     split = settings.get("split")
@@ -189,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_png:
         _apply_png_settings(args, parser)
     prompts = _prompts(args)
-    split = _check_before_loading(args)
+    split, method = _check_before_loading(args)
     profile = early_profile(args.profile)
     outputs = _outputs(args, len(prompts))
 
@@ -202,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         slow_weight_name=args.slow_weight_name, fast_weight_name=args.fast_weight_name,
         profile=profile, lora_compat=args.lora_compat, use_official_loras=not args.no_official_loras,
         split=split, height=args.height, width=args.width, device=args.device,
+        method=method, fewstep_lora=args.lora, fewstep_weight_name=args.lora_weight_name,
     )  # fmt: skip
     mine = _process_share(list(zip(prompts, outputs)))
     latents_record = {"latents": file_entry(args.latents)} if args.latents else {}  # the file, hashed once
@@ -210,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         result = glance.generate(
             prompt, negative_prompt=args.negative_prompt, height=args.height, width=args.width,
             seed=args.seed + index, true_cfg_scale=args.true_cfg_scale, mode=args.mode,
-            base_steps=args.base_steps, image=args.image, progress=not args.no_progress,
+            method=method, image=args.image, progress=not args.no_progress,
             latents=None if latents is None else latents[index], generator_device=args.generator_device,
         )  # fmt: skip
         if not reports:

@@ -23,6 +23,10 @@ a quarter of the trained scale. Both behaviours are offered, explicitly:
 - ``lora_compat="diffusers"``: load exactly as `<Pipeline>.load_lora_weights` does (reproduces published images).
 - ``lora_compat="trained"``: every key, at the scale it was trained with (the file's `.alpha` keys, else its
   metadata, else the family's recipe alpha / rank, i.e. alpha = 4 r for Glance).
+- ``lora_compat="published"``: every key, at the scale plain diffusers applies (`.alpha` keys, else metadata, else
+  1.0): how a few-step LoRA someone else published (Qwen-Image-Lightning) is meant to run. Its files come as
+  diffusers/peft keys (`transformer.` + `lora_A/lora_B`), `diffusion_model.` + `lora_down/lora_up` + per-layer
+  `.alpha`, or kohya's flattened `lora_unet_...` names, which are read as diffusers' own conversion reads them.
 
 `convert` writes either reading into the portable layout above (`--scale as-diffusers` leaves out the layers
 diffusers drops). Each load returns a `LoraReport` saying which layers were applied, which were dropped, and the
@@ -48,8 +52,8 @@ from .errors import UserError, library_reason
 if TYPE_CHECKING:
     import torch
 
-LoraCompat = Literal["trained", "diffusers"]
-LORA_COMPAT_MODES = ("trained", "diffusers")
+LoraCompat = Literal["trained", "diffusers", "published"]
+LORA_COMPAT_MODES = ("trained", "diffusers", "published")
 CONVERT_SCALES = ("as-trained", "as-diffusers")
 DEFAULT_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _LAYER_SUFFIX = re.compile(r"\.(lora_A|lora_B|lora\.down|lora\.up|lora_down|lora_up)(\.[^.]+)?\.weight$")
@@ -227,12 +231,36 @@ def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     return tensors, _adapter_metadata(file_metadata)
 
 
+KOHYA_PREFIX = "lora_unet_"
+
+
+def kohya_module_names(keys) -> dict[str, str]:
+    """{flattened kohya module name: dotted module name} for keys like `lora_unet_transformer_blocks_0_attn_to_q.
+    lora_down.weight`, named exactly as diffusers' own conversion names them
+    (`_convert_non_diffusers_qwen_lora_to_diffusers`, the layout Qwen-Image-Lightning and kohya-trained Qwen-Image
+    LoRAs ship in): the conversion is run on one placeholder pair per layer and its output names read back."""
+    flat = sorted({key.split(".", 1)[0] for key in keys if key.startswith(KOHYA_PREFIX)})
+    if not flat:
+        return {}
+    import torch
+    from diffusers.loaders.lora_conversion_utils import _convert_non_diffusers_qwen_lora_to_diffusers
+
+    placeholder = torch.zeros(1, 1)
+    pairs = {f"{name}.{side}.weight": placeholder for name in flat for side in ("lora_down", "lora_up")}
+    converted = [k for k in _convert_non_diffusers_qwen_lora_to_diffusers(pairs) if k.endswith(".lora_A.weight")]
+    return {name: key.removeprefix("transformer.").removesuffix(".lora_A.weight") for name, key in zip(flat, converted)}
+
+
 def normalize_lora_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One layout: no `transformer.`/`diffusion_model.` prefix, `lora_A`/`lora_B` everywhere (the peft layout);
-    per-layer `<module>.alpha` keys keep their module name."""
+    """One layout: no `transformer.`/`diffusion_model.` prefix, kohya's flattened names dotted, `lora_A`/`lora_B`
+    everywhere (the peft layout); per-layer `<module>.alpha` keys keep their module name."""
+    dotted = kohya_module_names(state_dict)
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("transformer.").removeprefix("diffusion_model.")
+        if key.startswith(KOHYA_PREFIX):
+            flat, _, rest = key.partition(".")
+            key = f"{dotted[flat]}.{rest}"
         for old, new in _TO_PEFT:
             key = key.replace(old, new)
         out[key] = value
@@ -293,14 +321,17 @@ def _metadata_alphas(metadata: dict, ranks: dict[str, int]) -> dict[str, float]:
     return out
 
 
-# One key of a file: [prefix]<module>.<down/up factor>.weight or [prefix]<module>.alpha.
-_KEY = re.compile(r"^(?P<prefix>transformer\.|diffusion_model\.)?(?P<module>.+?)\.(?:(?P<factor>lora_A|lora_B|lora\.down|lora\.up|lora_down|lora_up)\.weight|alpha)$")
+# One key of a file: [prefix]<module>.<down/up factor>.weight or [prefix]<module>.alpha; kohya's flattened
+# `lora_unet_<module with _ for .>` names the module in one word.
+_KEY = re.compile(r"^(?P<prefix>transformer\.|diffusion_model\.|lora_unet_)?(?P<module>.+?)\.(?:(?P<factor>lora_A|lora_B|lora\.down|lora\.up|lora_down|lora_up)\.weight|alpha)$")
 
 
 def _parse_key(key: str):
-    """The regex match of a key glance_lite reads, or None (kohya's flattened names and text-encoder keys are not)."""
+    """The regex match of a key glance_lite reads, or None (text-encoder keys are not)."""
     match = _KEY.match(key)
-    if match and "." in match["module"] and not match["module"].startswith(("lora_unet_", "lora_te", "text_encoder")):
+    if not match or match["module"].startswith(("lora_te", "text_encoder")):
+        return None
+    if match["prefix"] == KOHYA_PREFIX or "." in match["module"]:
         return match
     return None
 
@@ -352,6 +383,13 @@ class LoraFile:
             return self.metadata
         return lora_config(self.ranks, self.trained_alphas(family))
 
+    def published_config(self) -> dict:
+        """The LoraConfig of `compat="published"`: every layer, at the scale its publisher's diffusers pipeline
+        applies (`.alpha` keys, else the metadata, else 1.0): how a few-step LoRA such as Lightning is meant to run."""
+        if self.metadata and not self.alphas:
+            return self.metadata
+        return lora_config(self.ranks, self.diffusers_alphas())
+
 
 def read_lora_layout(path: str | Path) -> LoraFile:
     """Read and check a LoRA file before anything heavy is imported; `LoraFileError` / `FileNotFoundError` say why not."""
@@ -370,7 +408,7 @@ def read_lora_layout(path: str | Path) -> LoraFile:
         raise LoraFileError(
             f"{path} has a LoRA key layout glance_lite does not read ({len(unknown)} keys, e.g. {unknown[0]}). It reads "
             "[transformer.|diffusion_model.]<module>.<lora_A|lora_B|lora.down|lora.up|lora_down|lora_up>.weight and "
-            "<module>.alpha, with the transformer's own module names."
+            "<module>.alpha with the transformer's own module names, or kohya's lora_unet_<module>.<lora_down|lora_up>.weight."
         )
     return lora
 
@@ -436,7 +474,8 @@ def load_lora(transformer, family, source: LoraSource, adapter_name: str, compat
         if compat == "diffusers":
             _load_as_diffusers(path, transformer, family, adapter_name)
         else:
-            transformer.load_lora_adapter(peft_layers(tensors), prefix=None, adapter_name=adapter_name, metadata=lora.trained_config(family))
+            config = lora.trained_config(family) if compat == "trained" else lora.published_config()
+            transformer.load_lora_adapter(peft_layers(tensors), prefix=None, adapter_name=adapter_name, metadata=config)
     return _report(transformer, adapter_name, str(source), compat, lora.modules)
 
 
@@ -507,19 +546,25 @@ def _gain(from_file: dict, in_model: dict) -> float | None:
 
 
 # ==== writing files ================================================================================================
-def write_lora_file(path: Path, modules: dict, alphas: dict[str, float], prefix: str, metadata: dict | None = None) -> Path:
+def write_lora_file(path: Path, modules: dict, alphas: dict[str, float] | None, prefix: str, metadata: dict | None = None,
+                    factors: str = "lora_A") -> Path:  # fmt: skip
     """The portable layout (module docstring): `<prefix><module>.lora_A.weight`, `.lora_B.weight` and `.alpha`.
+    Other layouts the ecosystem ships (read back by `load_lora`): `factors="lora_down"` names them
+    `.lora_down/.lora_up`, `prefix="lora_unet_"` flattens module names as kohya does, `alphas=None` writes no alpha.
 
     Written to a temporary name in the same folder and renamed, so a crash never leaves a half-written file.
     """
     import torch
     from safetensors.torch import save_file
 
+    down, up = {"lora_A": ("lora_A", "lora_B"), "lora_down": ("lora_down", "lora_up")}[factors]
     tensors = {}
     for name in sorted(modules):
-        tensors[f"{prefix}{name}.lora_A.weight"] = modules[name]["A"].detach().contiguous().cpu()
-        tensors[f"{prefix}{name}.lora_B.weight"] = modules[name]["B"].detach().contiguous().cpu()
-        tensors[f"{prefix}{name}.alpha"] = torch.tensor(float(alphas[name]), dtype=torch.float32)
+        key = name.replace(".", "_") if prefix == KOHYA_PREFIX else name
+        tensors[f"{prefix}{key}.{down}.weight"] = modules[name]["A"].detach().contiguous().cpu()
+        tensors[f"{prefix}{key}.{up}.weight"] = modules[name]["B"].detach().contiguous().cpu()
+        if alphas is not None:
+            tensors[f"{prefix}{key}.alpha"] = torch.tensor(float(alphas[name]), dtype=torch.float32)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -560,6 +605,9 @@ class LoraFileInfo:
         if family is not None:
             recipe = f"no alpha in the file: the {family.name} recipe's alpha/rank = {family.recipe.alpha / family.recipe.rank:g}"
             out["glance_lite --lora-compat trained"] = {"alphas": lora.trained_alphas(family), "because": source or recipe}
+        out["glance_lite as a few-step LoRA (--method fewstep-N / lightning-*)"] = {
+            "alphas": lora.diffusers_alphas(), "because": source or "no alpha in the file: alpha = rank, as diffusers",
+        }  # fmt: skip
         if self.diffusers_dropped is not None:
             kept = {m: a for m, a in lora.diffusers_alphas().items() if m not in self.diffusers_dropped}
             out["plain diffusers load_lora_weights (= --lora-compat diffusers)"] = {

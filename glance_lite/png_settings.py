@@ -7,7 +7,9 @@ rather than one chunk per key, so every value round-trips with its type (seed st
 PIL (`Image.open(p).text["glance_lite"]`) or with any PNG tool (`exiftool`, `identify -verbose`).
 
 Usual keys (the writer decides; nothing here is required): prompt, negative_prompt, seed, height, width, model,
-loras, split ({"slow": [...], "fast": [...]} or null), mode, profile, true_cfg_scale, base_steps.
+loras, method ("glance", "base-50", "fewstep-8", "lightning-8", ...), sigmas (every noise level the run visited, the
+final one included), transformer_calls, split ({"slow": [...], "fast": [...]} or null), mode, profile,
+true_cfg_scale, base_steps.
 """
 
 from __future__ import annotations

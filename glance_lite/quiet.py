@@ -13,6 +13,7 @@ other message of that logger, and of every other library, still gets through:
 | transformers.utils.import_utils | `...ImageProcessor` requires torchvision (not installed); falling back to `...Pil` | processors of pipeline parts glance_lite does not use (FLUX's IP-adapter encoder) |
 | (Python warning, FutureWarning) | `QuantoConfig` / `QuantoQuantizer` is deprecated and will be removed in version 1.0.0 | diffusers' notice to developers; glance_lite pins diffusers < 0.43 and says where quanto is used (`pairings.py`) |
 | (Python warning, UserWarning) | TorchaoLoraLinear was instantiated without `get_apply_tensor_subclass` ... `merge()` / `unmerge()` will raise | peft's note that a LoRA on torchao weights cannot be merged; glance_lite never merges into quantized weights (`fuse_lora` is refused with a quantized transformer, `profiles.py`) |
+| (Python warning, UserWarning) | Skipping publisher trust check for 'kernels-community/...' because Hugging Face Hub is in offline mode | the `kernels` package (when installed) checking where bitsandbytes' optional kernels come from; with `HF_HUB_OFFLINE=1` (how people with local weights run) it can only say it did not look |
 
 The filters are installed when `glance_lite` is imported (cheap: no library is imported here), so API users get the
 same quiet start as the command lines. Progress bars: `set_progress(False)` (the commands' `--no-progress`) turns off
@@ -52,6 +53,7 @@ class _DropNoise(logging.Filter):
 _NOISY_WARNINGS = (
     (r"`Quanto(Config|Quantizer)` is deprecated and will be removed in version 1\.0\.0", FutureWarning),
     (r"TorchaoLoraLinear was instantiated without `get_apply_tensor_subclass`", UserWarning),
+    (r"Skipping publisher trust check for '[^']*' because Hugging Face Hub is in offline mode", UserWarning),
 )
 
 

@@ -1,4 +1,4 @@
-"""The one two-phase sampling loop: for each phase, switch to its adapter, then take Euler steps with true CFG.
+"""The one sampling loop: for each phase, switch to its adapter, then take Euler steps (true CFG when it is on).
 
 The loop knows nothing about a particular model: the family calls the stock transformer forward and combines
 guidance as its stock pipeline does; the phase plan says which timestep the model sees and how far each step
@@ -30,6 +30,7 @@ class SamplingResult:
     latents: torch.Tensor
     phase_seconds: dict[str, float] = field(default_factory=dict)
     switch_seconds: dict[str, float] = field(default_factory=dict)
+    transformer_calls: int = 0  # forwards run (a batched CFG pair is one; each costs a pass over the weights)
 
 
 def euler_step(latents: torch.Tensor, velocity: torch.Tensor, step: Step) -> torch.Tensor:
@@ -49,25 +50,26 @@ def predict_velocity(
     uncond: Conditioning | None,
     true_cfg_scale: float,
     batch_cfg: bool = False,
-) -> torch.Tensor:
-    """The guided velocity at one step: conditional pass, plus the unconditional one when CFG is on.
+) -> tuple[torch.Tensor, int]:
+    """The guided velocity at one step, and how many transformer forwards it took: the conditional pass, plus the
+    unconditional one when CFG is on.
 
-    With `batch_cfg` both passes run as one batch of two (half the weight traffic when weights stream from
-    CPU RAM); the family decides whether its conditionings can be batched.
+    With `batch_cfg` both passes run as one batch of two (one forward: half the weight traffic when weights stream
+    from CPU RAM); the family decides whether its conditionings can be batched.
     """
     timestep = family.timestep_tensor(step.timestep, latents)
     if uncond is None:
-        return family.velocity(transformer, state, latents, timestep, cond)
+        return family.velocity(transformer, state, latents, timestep, cond), 1
     if batch_cfg:
         both = family.batch_conditions(cond, uncond)
         if both is not None:
             doubled = torch.cat([latents, latents])
             v = family.velocity(transformer, family.batched_state(state), doubled, timestep.repeat(2), both)
             cond_v, uncond_v = v.chunk(2)
-            return family.combine_guidance(cond_v, uncond_v, true_cfg_scale)
+            return family.combine_guidance(cond_v, uncond_v, true_cfg_scale), 1
     cond_v = family.velocity(transformer, state, latents, timestep, cond)
     uncond_v = family.velocity(transformer, state, latents, timestep, uncond)
-    return family.combine_guidance(cond_v, uncond_v, true_cfg_scale)
+    return family.combine_guidance(cond_v, uncond_v, true_cfg_scale), 2
 
 
 def _synchronize(device: torch.device) -> None:
@@ -107,7 +109,8 @@ def sample(
                 bar.set_description(f"{phase} ({adapters.get(phase) or 'base'})")
                 start = time.perf_counter()
                 for index, step in enumerate(plan.phase(phase)):
-                    v = predict_velocity(transformer, family, state, latents, step, cond, uncond, true_cfg_scale, batch_cfg)
+                    v, calls = predict_velocity(transformer, family, state, latents, step, cond, uncond, true_cfg_scale, batch_cfg)
+                    result.transformer_calls += calls
                     latents = euler_step(latents, v, step)
                     if not torch.isfinite(latents).all():
                         raise NonFiniteLatentsError(

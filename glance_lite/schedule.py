@@ -160,15 +160,16 @@ def dense_schedule(scheduler_config: dict, seq_len: int, num_steps: int) -> tupl
     return scheduler.timesteps.clone(), scheduler.sigmas.clone(), float(mu)
 
 
-def base_plan(scheduler_config: dict, seq_len: int, num_steps: int) -> PhasePlan:
-    """The plain N-step schedule of the stock pipeline (no adapters): what Glance is compared against."""
+def base_plan(scheduler_config: dict, seq_len: int, num_steps: int, phase: str = "base") -> PhasePlan:
+    """The plain N-step schedule of the stock pipeline: what Glance is compared against (`phase="base"`, no adapter),
+    or, with a few-step LoRA's scheduler settings, that LoRA's schedule (`phase="fewstep"`, see `methods`)."""
     if num_steps < 1:
-        raise ValueError(f"The number of base steps must be at least 1, got {num_steps}.")
+        raise ValueError(f"The number of {phase} steps must be at least 1, got {num_steps}.")
     timesteps, sigmas, mu = dense_schedule(scheduler_config, seq_len, num_steps)
     steps = tuple(
-        Step("base", float(timesteps[i]), float(sigmas[i]), float(sigmas[i + 1])) for i in range(num_steps)
+        Step(phase, float(timesteps[i]), float(sigmas[i]), float(sigmas[i + 1])) for i in range(num_steps)
     )
-    return PhasePlan(steps, "base", seq_len, mu)
+    return PhasePlan(steps, phase, seq_len, mu)
 
 
 def glance_plan(

@@ -55,6 +55,23 @@ def test_generate_benchmark_writes_json_markdown_and_a_timeline_png_with_every_s
     assert png.read_bytes()[:8] == PNG_MAGIC and png.name in markdown
 
 
+def test_methods_side_by_side_report_calls_times_pcie_and_psnr_to_base50_with_a_grid(tmp_path):
+    """`--methods`: one loaded model, four methods from the same noise (the few-step one a random LoRA in
+    Qwen-Image-Lightning's key layout on the tiny model)."""
+    argv = ["--model", "tiny/qwen-image", "--profile", "cpu", "--methods", "glance,base-50,base-10,lightning-8", "--height", "64",
+            "--width", "64", "--repeats", "1", "--warmup", "0", "--quiet", "--out", str(tmp_path)]  # fmt: skip
+    report = bench("bench_generate").main(argv)
+    rows = json.loads(report["paths"]["json"].read_text())["profiles"]["cpu"]["methods"]
+    assert {m: r["transformer_calls"] for m, r in rows.items()} == {"glance": 20, "base-50": 100, "base-10": 20, "lightning-8": 8}
+    assert rows["base-50"]["psnr_to_base50_db"] == 99.0 and rows["lightning-8"]["psnr_to_base50_db"] < 99.0
+    assert all(r["total_seconds"] > 0 and r["denoise_seconds"] > 0 and r["peak_bytes"] > 0 for r in rows.values())
+    assert rows["lightning-8"]["sigmas"][:2] == pytest.approx([1.0, 0.9545], abs=1e-4)
+    markdown = report["paths"]["markdown"].read_text()
+    assert "| lightning-8 | 8 | 8 |" in markdown and "PSNR to base-50" in markdown
+    (grid,) = report["paths"]["png"]
+    assert grid.read_bytes()[:8] == PNG_MAGIC
+
+
 def test_results_get_a_dated_device_name_and_never_overwrite_each_other(tmp_path):
     common = bench("_common")
     stem = common.result_stem("generate", torch.device("cpu"), common.model_tag("tiny/qwen-image"))

@@ -135,8 +135,8 @@ def test_older_glance_lite_files_with_the_alpha_in_metadata_still_load_at_their_
     report = load_lora(fresh, family, LoraSource(str(old)), "a")
     assert (report.rank, report.alpha, report.dropped) == (4, 16, [])
     info = describe_lora_file(old, "tiny/qwen-image").to_dict()
-    scales = {name.split(" ")[0]: entry["scale"] for name, entry in info["loaders"].items()}
-    assert scales == {"glance_lite": 4, "plain": 4, "per-layer": 1}  # ComfyUI ignores metadata: convert such files
+    scales = [entry["scale"] for entry in info["loaders"].values()]  # trained, few-step, plain diffusers, per-layer .alpha
+    assert scales == [4, 4, 4, 1]  # ComfyUI ignores metadata: convert such files
 
 
 # ---- info and convert on files laid out as the official ones -------------------------------------------------------
@@ -153,8 +153,9 @@ def test_info_names_family_layout_and_the_scale_and_dropped_layers_of_each_loade
     assert info["fits"] == [family.name] and info["ranks"] == {4: info["layers"]}
     assert info["key_prefixes"] == {"transformer.": 2 * info["layers"]} and info["alpha_keys"] == 0
     attention = [m for m in read_lora_layout(path).modules if m.rsplit(".attn.", 1)[-1] in ("to_q", "to_k", "to_v", "to_out.0")]
-    trained, diffusers, per_layer = info["loaders"].values()
-    assert (trained["scale"], diffusers["scale"], per_layer["scale"]) == (4, 1, 1)
+    trained, fewstep, diffusers, per_layer = info["loaders"].values()
+    assert (trained["scale"], fewstep["scale"], diffusers["scale"], per_layer["scale"]) == (4, 1, 1, 1)
+    assert fewstep["layers"] == info["layers"]  # as a few-step LoRA every layer loads, at diffusers' scale
     if model == "tiny/qwen-image":  # the mixed layout: diffusers reads the first key (lora_A) and drops lora.down/up
         assert info["key_styles"] == {"lora_A/lora_B": info["layers"] - len(attention), "lora.down/lora.up": len(attention)}
         assert diffusers["dropped"] == sorted(attention) and diffusers["layers"] == info["layers"] - len(attention)
@@ -206,13 +207,14 @@ def test_the_lora_command_runs_as_a_module(tmp_path):
 def bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:
     (folder / "notes.safetensors").write_text("these are not tensors")
     save_file({"transformer.proj_out.weight": torch.zeros(2, 2)}, str(folder / "plain.safetensors"))
-    save_file({"lora_unet_transformer_blocks_0_attn_to_q.lora_down.weight": torch.zeros(2, 2),
-               "lora_unet_transformer_blocks_0_attn_to_q.lora_up.weight": torch.zeros(2, 2)}, str(folder / "kohya.safetensors"))  # fmt: skip
+    # a kohya text-encoder LoRA: the transformer reads kohya's lora_unet_ keys, not lora_te_ ones
+    save_file({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(2, 2),
+               "lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_up.weight": torch.zeros(2, 2)}, str(folder / "text-encoder.safetensors"))  # fmt: skip
     return {
         "missing file": (folder / "nope.safetensors", "no such file"),
         "not safetensors": (folder / "notes.safetensors", "is not a safetensors file"),
         "no LoRA keys": (folder / "plain.safetensors", "holds no LoRA keys"),
-        "unknown layout": (folder / "kohya.safetensors", "key layout glance_lite does not read"),
+        "unknown layout": (folder / "text-encoder.safetensors", "key layout glance_lite does not read"),
     }
 
 

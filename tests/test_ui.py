@@ -166,7 +166,30 @@ def test_compare_renders_glance_and_the_base_from_the_same_noise_side_by_side(pa
     assert re.search(r"transformer calls\s+20\s+20", table)  # 10 steps x 2 CFG passes each
     grid = page.download_by_click("cmp-download", downloads)
     assert Image.open(grid).width > Image.open(grid).height
-    assert set(read_png_settings(grid)["panels"]) == {"glance", "base"}  # the sheet names how each half was made
+    assert set(read_png_settings(grid)["panels"]) == {"glance", "base-10"}  # the sheet names how each half was made
+
+
+def test_compare_sets_glance_beside_a_few_step_lora_once_its_file_is_given(page, tmp_path):
+    """A few-step LoRA (a random one in Qwen-Image-Lightning's key layout) uploaded: the page offers its sampler and
+    Compare renders Glance beside it from the same noise; the few-step side runs without guidance, one call a step."""
+    from test_fewstep import _random_modules, write_layout
+
+    lightning = write_layout(tmp_path / "pocket-lightning.safetensors", _random_modules("pocket/qwen-image", rank=4, seed=9, std=0.01),
+                             "diffusion_model-down-up-alpha")  # fmt: skip
+    page.open_settings()
+    page.fill("fewstep-steps", 4)
+    page.element("fewstep-file", "input[type=file]").send_keys(str(lightning))
+    page.wait_for_text("fewstep-file", "pocket-lightning")
+    page.tab("compare")
+    page.wait_for_value("cmp-right", "Few-step LoRA (file below), N steps")  # offered, and set against Glance
+    page.click("compare")
+    left_png, _ = generated_png(page, "cmp-glance")
+    right_png, _ = generated_png(page, "cmp-base")
+    left, right = read_png_settings(io.BytesIO(left_png)), read_png_settings(io.BytesIO(right_png))
+    assert (left["method"], right["method"], left["seed"]) == ("glance", "fewstep-4", right["seed"])
+    assert (right["transformer_calls"], right["true_cfg_scale"], [e["phase"] for e in right["loras"]]) == (4, 1.0, ["fewstep"])
+    table = page.wait_for_text("cmp-table", "PSNR")
+    assert re.search(r"transformer calls\s+20\s+4", table)
 
 
 def test_a_cancelled_generation_frees_the_worker_for_the_next_user_who_waited_its_turn(page, server, driver):

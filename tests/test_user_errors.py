@@ -387,8 +387,12 @@ def test_the_libraries_python_warnings_dropped_are_only_those():
         warnings.warn("TorchaoLoraLinear was instantiated without `get_apply_tensor_subclass`. Forward and training will work", UserWarning)
         warnings.warn("TorchaoLoraLinear: a warning the user should see", UserWarning)
         warnings.warn("`QuantoConfig` is deprecated and will be removed in version 1.0.0.", UserWarning)
+        # the `kernels` package under HF_HUB_OFFLINE=1, for bitsandbytes' optional kernels (kernels/utils.py)
+        warnings.warn("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because Hugging Face Hub is in offline mode.", UserWarning)
+        warnings.warn("Skipping nothing: a warning the user should see", UserWarning)
     assert [str(w.message) for w in caught] == ["TorchaoLoraLinear: a warning the user should see",
-                                                "`QuantoConfig` is deprecated and will be removed in version 1.0.0."]  # fmt: skip
+                                                "`QuantoConfig` is deprecated and will be removed in version 1.0.0.",
+                                                "Skipping nothing: a warning the user should see"]  # fmt: skip
 
 
 REFUSALS = {

@@ -54,6 +54,8 @@ class ModelFamily:
     # Official Glance adapters for this family's base model, if published: (repo id, slow file, fast file).
     official_loras: ClassVar[tuple[str, str, str] | None] = None
     official_base_models: ClassVar[tuple[str, ...]] = ()
+    # Published few-step LoRAs for this family's base model, by preset name (methods.PRESETS): (repo id, file).
+    few_step_loras: ClassVar[dict[str, tuple[str, str]]] = {}
     lora_target_modules: ClassVar[tuple[str, ...]]
     recipe: ClassVar[TrainingRecipe]
     default_split: ClassVar[PhaseSplit] = PhaseSplit()

@@ -23,6 +23,10 @@ class QwenImageFamily(ModelFamily):
     pipeline_class_name = "QwenImagePipeline"
     official_loras = ("CSU-JPG/Glance", "glance_qwen_slow.safetensors", "glance_qwen_fast.safetensors")
     official_base_models = ("Qwen/Qwen-Image",)
+    few_step_loras = {  # ModelTC / lightx2v, V2.0 (2025-09)
+        "lightning-8": ("lightx2v/Qwen-Image-Lightning", "Qwen-Image-Lightning-8steps-V2.0.safetensors"),
+        "lightning-4": ("lightx2v/Qwen-Image-Lightning", "Qwen-Image-Lightning-4steps-V2.0.safetensors"),
+    }
     lora_target_modules = (
         "to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0", "to_add_out",
         "img_mlp.net.2", "img_mod.1", "txt_mlp.net.2", "txt_mod.1",

@@ -34,6 +34,10 @@ class QwenImageEditFamily(QwenImageFamily):
     pipeline_class_name = "QwenImageEditPipeline"
     official_loras = None
     official_base_models = ("Qwen/Qwen-Image-Edit",)
+    few_step_loras = {  # the Lightning files for the first Qwen-Image-Edit (V1.0); the 2509 / 2511 ones are other bases
+        "lightning-8": ("lightx2v/Qwen-Image-Lightning", "Qwen-Image-Edit-Lightning-8steps-V1.0.safetensors"),
+        "lightning-4": ("lightx2v/Qwen-Image-Lightning", "Qwen-Image-Edit-Lightning-4steps-V1.0.safetensors"),
+    }
     needs_condition_image = True
     denoise_components = ("transformer", "vae")  # the input image is VAE-encoded inside the denoise stage
     condition_image_area = STOCK_CONDITION_AREA

@@ -258,6 +258,7 @@ def plan(
     mode: str = "consistent",
     device: str | None = None,
     simulate: bool = False,
+    method: str | None = None,
 ) -> MemoryPlan:
     """Predict the memory of every stage of generating (and training on) `model` with `profile`.
 
@@ -267,9 +268,11 @@ def plan(
     against the detected hardware this way); `device="cpu"` plans the profile's choices run on the CPU. `model` may
     also be a `ModelConfigs` (an architecture without a folder, e.g. the benchmarks' random-weight models).
     `simulate=True` also measures every stage on the real graph (`plan.simulation`: tens of seconds, not a fraction).
+    `method` ("glance", "base-50", "lightning-8", ...; `glance_lite.methods`) sets the steps, whether CFG runs (a
+    few-step method: one pass per step, no CFG batch) and the adapters held (glance: slow and fast; fewstep: one).
     """
     from ..families import family_for_pipeline_class
-    from ..schedule import image_seq_len
+    from ..schedule import PhaseSplit, image_seq_len
 
     profile = load_profile(profile)
     if height % 16 or width % 16 or height <= 0 or width <= 0:
@@ -282,12 +285,21 @@ def plan(
     inventories = {c.name: inventory(c) for c in configs.components}
     transformer = inventories["transformer"]
 
+    adapters = 2  # Glance's slow and fast LoRAs
+    if method is not None:
+        from ..methods import parse_method
+
+        chosen = parse_method(method)
+        adapters = {"glance": 2, "base": 0, "fewstep": 1}[chosen.kind]
+        steps = chosen.steps or len(PhaseSplit().slow + PhaseSplit().fast)
+        if not chosen.guidance and true_cfg_scale is None:
+            true_cfg_scale = 1.0
     lora = lora_block_params(transformer, family.lora_target_modules, rank)
     fused_copy = lora_wrapped_weight_params(transformer, family.lora_target_modules) if profile.fuse_lora else {}
     lora_pinned = lora_block_pinned_bytes(transformer, family.lora_target_modules, rank, profile.component("transformer").dtype)
     comps = {
         name: _component_plan(inv, profile.component(name), lora if name == "transformer" else {},
-                              2 if name == "transformer" else 0, fused_copy if name == "transformer" else {},
+                              adapters if name == "transformer" else 0, fused_copy if name == "transformer" else {},
                               lora_pinned if name == "transformer" else {})
         for name, inv in inventories.items()
     }  # fmt: skip
@@ -326,7 +338,8 @@ def plan(
         ctx.shard_of, device_map = shard_plan(ctx, {"transformer": denoise_acts["transformer"], "vae": vae_decode, **text_acts})
 
     # ---- stages
-    notes = [f"{tokens['generate'].total} tokens x batch {batch}; {forwards} transformer forwards per image"]
+    notes = [f"{tokens['generate'].total} tokens x batch {batch}; {forwards} transformer forwards per image"
+             + (f" ({method})" if method else "")]
     if masked:
         notes.append("batched CFG pads the two prompts to one length: the fused kernels read the padding mask as a "
                      "broadcast [B, 1, 1, L] bias, no [B, H, L, L] copy (graph_memory)")  # fmt: skip
@@ -358,7 +371,7 @@ def plan(
     options = dict(
         lora_rank=lora_rank, text_tokens=text_tokens, train_text_tokens=train_text_tokens, true_cfg_scale=true_cfg_scale,
         steps=steps, train_batch_size=train_batch_size, gpu_memory_gb=gpu_memory_gb, system_ram_gb=system_ram_gb,
-        num_gpus=num_gpus, mode=mode, device=device, configs=configs,
+        num_gpus=num_gpus, mode=mode, device=device, configs=configs, method=method,
     )  # fmt: skip
     result = MemoryPlan(
         model=configs.model, family=family.name, profile=profile, height=height, width=width, lora_rank=rank, batch=batch,

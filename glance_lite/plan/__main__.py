@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpu-memory-gb", type=cli.positive(float), default=None, help="plan against this GPU size instead")
     parser.add_argument("--system-ram-gb", type=cli.positive(float), default=None, help="plan against this much RAM instead")
     parser.add_argument("--mode", default="consistent", choices=("consistent", "reference"), help="phase schedule")
+    parser.add_argument("--method", help="sampling method priced: glance (default), base-N, fewstep-N, lightning-8, lightning-4")
     parser.add_argument("--device", choices=("cpu",), default=None, help="plan the profile's choices run on the CPU")
     parser.add_argument("--simulate", action="store_true",
                         help="also measure every stage on the real graph (meta device) and flag formula/simulation gaps over 10%%")
@@ -38,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     from . import plan
 
     check_size(args.height, args.width)  # before `--profile auto` imports torch to look for GPUs
+    if args.method:
+        from ..methods import parse_method
+
+        parse_method(args.method)
     reason = None
     profile = args.profile
     if profile == "auto":
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     result = plan(
         args.model, profile, args.height, args.width, lora_rank=args.lora_rank, text_tokens=args.text_tokens,
         gpu_memory_gb=args.gpu_memory_gb, system_ram_gb=args.system_ram_gb, mode=args.mode, device=args.device,
-        simulate=args.simulate,
+        simulate=args.simulate, method=args.method,
     )  # fmt: skip
     if args.json:
         data = result.to_dict()

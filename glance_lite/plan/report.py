@@ -316,9 +316,14 @@ class MemoryPlan:
             total = self.components["transformer"].blocks
             lines.append(f"Transformer blocks resident in {stage}: {len(blocks)} of {total} (the rest stream).")
         pcie = self.pcie
-        for what, value, every in (("image", pcie.per_image, pcie.per_image_all_streamed),
-                                   ("training step", pcie.per_train_step, pcie.per_train_step_all_streamed)):  # fmt: skip
-            share = f" ({value / every:.0%} of streaming every block: {_gib(every)})" if every else ""
+        for what, stage, value, every in (("image", "denoise", pcie.per_image, pcie.per_image_all_streamed),
+                                          ("training step", "train_step", pcie.per_train_step, pcie.per_train_step_all_streamed)):  # fmt: skip
+            if stage in self.resident_blocks and every:
+                share = f" ({value / every:.0%} of streaming every block: {_gib(every)})"
+            elif value:
+                share = " (no transformer block streams: components brought to their GPU for their stage and back)"
+            else:
+                share = ""
             lines.append(f"PCIe weight traffic per {what}: {_gib(value)}{share}.")
         return lines
 

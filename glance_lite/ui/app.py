@@ -19,7 +19,17 @@ from . import views
 from .jobs import compare_job, generate_job
 from .library import DEFAULT_MODEL, choose_profile, default_size, describe_error, memory_plan, model_choices, profile_choices
 from .models import ModelCache
-from .request import ADAPTERS_DEFAULT, ADAPTERS_NONE, ADAPTERS_UPLOADED, FIELDS, RUN_PREFIX, SAMPLERS, GenerationRequest
+from .request import (
+    ADAPTERS_DEFAULT,
+    ADAPTERS_NONE,
+    ADAPTERS_UPLOADED,
+    COMPARE_DEFAULT,
+    FEWSTEP_SAMPLER,
+    FIELDS,
+    RUN_PREFIX,
+    SAMPLERS,
+    GenerationRequest,
+)
 from .training import TrainingRequest, checkpoint_steps, log_tail, loss_rows, runs_folder, trained_runs, training_job, warm_up
 from .worker import CANCELLED, DONE, QUEUED, Job, Worker
 
@@ -81,7 +91,7 @@ class GlanceApp:
             f.seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
         with gr.Accordion("Sampler and LoRAs", open=False, elem_id="sampler-settings"):
             with gr.Row():
-                f.sampler = gr.Radio(list(SAMPLERS), value=next(iter(SAMPLERS)), label="Sampler", elem_id="sampler")
+                f.sampler = gr.Radio(self.sampler_choices(None), value=next(iter(SAMPLERS)), label="Sampler", elem_id="sampler")
                 f.base_steps = gr.Number(50, label="Base steps (base sampler, and the base side of Compare)", precision=0, elem_id="base-steps")
                 f.true_cfg_scale = gr.Textbox("", label="True CFG scale (empty: the model's default)", elem_id="cfg")
             with gr.Row():
@@ -93,6 +103,10 @@ class GlanceApp:
                 f.slow_file = gr.File(label="Slow-LoRA file (.safetensors)", file_types=[".safetensors"], type="filepath", elem_id="slow-file")
                 f.fast_file = gr.File(label="Fast-LoRA file (.safetensors)", file_types=[".safetensors"], type="filepath", elem_id="fast-file")
                 f.lora_compat = gr.Radio(["trained", "diffusers"], value="trained", label="LoRA compat", elem_id="lora-compat")
+            with gr.Row():
+                f.fewstep_file = gr.File(label="Few-step LoRA file (e.g. Qwen-Image-Lightning .safetensors): enables the few-step sampler",
+                                         file_types=[".safetensors"], type="filepath", elem_id="fewstep-file")  # fmt: skip
+                f.fewstep_steps = gr.Number(8, label="Few-step steps (no guidance)", precision=0, elem_id="fewstep-steps")
             f.image = gr.Image(label="Input image (Qwen-Image-Edit models only)", type="filepath", height=160, elem_id="edit-image")
         return f
 
@@ -123,12 +137,16 @@ class GlanceApp:
         return o
 
     def _compare_tab(self) -> SimpleNamespace:
-        gr.Markdown("Renders Glance and the base model (with *Base steps* steps) from the same seed and noise, "
-                    "using the prompt and settings above.")  # fmt: skip
+        gr.Markdown("Renders two samplers from the same seed and noise with the prompt and settings above: by default "
+                    "Glance against the base model (*Base steps*), the comparison Glance is about; a few-step LoRA is "
+                    "offered once its file is given (*Sampler and LoRAs*).")  # fmt: skip
+        with gr.Row():
+            self.fields.compare_left = gr.Dropdown(self.sampler_choices(None), value=COMPARE_DEFAULT[0], label="Left", elem_id="cmp-left")
+            self.fields.compare_right = gr.Dropdown(self.sampler_choices(None), value=COMPARE_DEFAULT[1], label="Right", elem_id="cmp-right")
         o = self._run_controls("Compare", "compare", "cmp")
         with gr.Row():
-            o.glance_image = self._picture("Glance", "cmp-glance", 256)
-            o.base_image = self._picture("Base model", "cmp-base", 256)
+            o.glance_image = self._picture("Left", "cmp-glance", 256)
+            o.base_image = self._picture("Right", "cmp-base", 256)
         o.table = gr.Markdown("", elem_id="cmp-table")
         o.download = gr.DownloadButton("Download the comparison (PNG grid)", visible=False, elem_id="cmp-download")
         return o
@@ -171,6 +189,8 @@ class GlanceApp:
             box.stop.click(self._stopper(tab), None, None, queue=False)
         trn.sample.click(self.on_sample, None, [trn.image, trn.caption])
         f.model.change(lambda m: (default_size(m or ""),) * 2, f.model, [f.height, f.width], queue=False)
+        f.fewstep_file.change(self.on_fewstep_file, [f.fewstep_file, f.sampler, f.compare_left, f.compare_right],
+                              [f.sampler, f.compare_left, f.compare_right], queue=False)  # fmt: skip
         page.load(self.on_load, None, [f.adapters, self.models_md], queue=False)
 
     # ---- shared steps ------------------------------------------------------------------------------------------
@@ -178,6 +198,23 @@ class GlanceApp:
         runs = [(run.label, RUN_PREFIX + run.name) for run in trained_runs(runs_folder(self.workdir))]
         return [("default: the official Glance LoRAs for an official base, none otherwise", ADAPTERS_DEFAULT),
                 ("none: the base weights only", ADAPTERS_NONE), ("uploaded files (right)", ADAPTERS_UPLOADED), *runs]  # fmt: skip
+
+    @staticmethod
+    def sampler_choices(fewstep_file) -> list[str]:
+        """The samplers the page offers: the few-step one only once its LoRA file is given."""
+        return [label for label in SAMPLERS if label != FEWSTEP_SAMPLER or fewstep_file]
+
+    def on_fewstep_file(self, fewstep_file, sampler, left, right):
+        """A few-step LoRA given (or removed): offer its sampler everywhere, and Compare it against Glance."""
+        choices = self.sampler_choices(fewstep_file)
+
+        def keep(value, fallback):
+            return value if value in choices else fallback
+
+        if fewstep_file:
+            left, right = COMPARE_DEFAULT[0], FEWSTEP_SAMPLER
+        return (gr.update(choices=choices, value=keep(sampler, next(iter(SAMPLERS)))),
+                gr.update(choices=choices, value=keep(left, COMPARE_DEFAULT[0])), gr.update(choices=choices, value=keep(right, COMPARE_DEFAULT[1])))  # fmt: skip
 
     def on_load(self):
         return gr.update(choices=self.adapter_choices()), views.loaded_models(self.models.loaded())
@@ -250,11 +287,11 @@ class GlanceApp:
         out = self.cmp
 
         def show(comparison) -> dict:
-            return {out.glance_image: str(comparison.glance.path), out.base_image: str(comparison.base.path),
+            return {out.glance_image: str(comparison.left.path), out.base_image: str(comparison.right.path),
                     out.table: views.comparison_table(comparison),
                     out.download: gr.update(value=str(comparison.grid), visible=True)}  # fmt: skip
 
-        async for update in self._render(data, request.session_hash, "compare", out, compare_job, "Glance and base rendered", show):
+        async for update in self._render(data, request.session_hash, "compare", out, compare_job, "both samplers rendered", show):
             yield update
 
     async def on_train(self, data: dict, request: gr.Request):

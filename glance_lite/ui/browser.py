@@ -254,6 +254,11 @@ class Page:
         self._until(lambda d: any(n in self.text(elem_id) for n in needles), timeout)
         return self.text(elem_id)
 
+    def wait_for_value(self, elem_id: str, value: str, timeout: float | None = None) -> str:
+        """Wait until the field (a dropdown's or textbox's input) holds `value`."""
+        self._until(lambda d: self.element(elem_id, "input, textarea").get_attribute("value") == value, timeout)
+        return value
+
     def wait_for_pattern(self, elem_id: str, pattern: str, timeout: float | None = None) -> str:
         """Wait until the element's text matches the regular expression `pattern`; returns the text."""
         self._until(lambda d: re.search(pattern, self.text(elem_id)), timeout)

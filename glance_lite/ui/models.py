@@ -64,6 +64,7 @@ class ModelCache:
         glance = glance_lite.load(
             request.model, request.slow_lora, request.fast_lora, profile=profile, lora_compat=request.lora_compat,
             use_official_loras=request.use_official_loras, height=request.height, width=request.width,
+            fewstep_lora=request.fewstep_lora,
         )  # fmt: skip
         glance.manager.on_load("transformer", self._watch)
         loras = glance.lora_files()
@@ -73,10 +74,11 @@ class ModelCache:
             self._models[key] = LoadedModel(key, glance, loras)
         return self._models[key]
 
-    def generate(self, loaded: LoadedModel, request: GenerationRequest, job: Job, label: str, base_steps: int | None = None):
-        """One `Glance.generate` for `job`, its progress followed step by step; raises Cancelled if cancelled."""
-        glance, kwargs = loaded.glance, request.generate_kwargs(base_steps)
-        plan = glance.plan(request.height, request.width, kwargs["mode"], kwargs["split"], base_steps)
+    def generate(self, loaded: LoadedModel, request: GenerationRequest, job: Job, label: str, sampler: str | None = None):
+        """One `Glance.generate` for `job` with a sampler choice (default: the Generate tab's), its progress followed
+        step by step; raises Cancelled if cancelled."""
+        glance, kwargs = loaded.glance, request.generate_kwargs(sampler)
+        plan = glance.plan(request.height, request.width, kwargs["mode"], kwargs["split"], method=kwargs["method"])
         phase_ends, done = {}, 0
         for phase in plan.phases:
             done += len(plan.phase(phase))

@@ -13,8 +13,12 @@ from pathlib import Path
 from ..checks import check_size
 from ..schedule import PhaseSplit
 
-# Sampler choices on the page -> what they run.
-SAMPLERS = {"Glance (slow + fast)": "glance", "Base model, N steps": "base", "Custom split and mode": "custom"}
+# Sampler choices on the page -> what they run (the few-step one needs its LoRA file: the page offers it once given).
+SAMPLERS = {"Glance (slow + fast)": "glance", "Base model, N steps": "base", "Custom split and mode": "custom",
+            "Few-step LoRA (file below), N steps": "fewstep"}  # fmt: skip
+FEWSTEP_SAMPLER = "Few-step LoRA (file below), N steps"
+# Compare's default: Glance against the base model, the comparison the method is about.
+COMPARE_DEFAULT = ("Glance (slow + fast)", "Base model, N steps")
 # LoRA choices: the defaults of `load()` (the official Glance LoRAs for an official base), none, uploaded files,
 # or a run trained on the Train tab (RUN_PREFIX + its name).
 ADAPTERS_DEFAULT, ADAPTERS_NONE, ADAPTERS_UPLOADED, RUN_PREFIX = "default", "none", "uploaded", "run:"
@@ -22,6 +26,7 @@ ADAPTERS_DEFAULT, ADAPTERS_NONE, ADAPTERS_UPLOADED, RUN_PREFIX = "default", "non
 FIELDS = (
     "prompt", "negative_prompt", "height", "width", "seed", "model", "profile", "sampler", "base_steps",
     "slow_steps", "fast_steps", "mode", "true_cfg_scale", "adapters", "slow_file", "fast_file", "lora_compat", "image",
+    "fewstep_file", "fewstep_steps", "compare_left", "compare_right",
 )  # fmt: skip
 
 
@@ -55,7 +60,7 @@ class GenerationRequest:
     seed: int
     model: str
     profile: str
-    sampler: str  # glance | base | custom
+    sampler: str  # glance | base | custom | fewstep
     base_steps: int
     split: PhaseSplit | None  # None: the family's default split
     mode: str
@@ -65,6 +70,9 @@ class GenerationRequest:
     use_official_loras: bool
     lora_compat: str
     image: str | None  # input image of edit models
+    fewstep_lora: str | None = None  # the few-step LoRA file (Qwen-Image-Lightning or one trained like it)
+    fewstep_steps: int = 8
+    compare: tuple[str, str] = ("glance", "base")  # the two samplers Compare renders, left and right
 
     @classmethod
     def from_page(cls, fields: dict, runs_folder: Path) -> "GenerationRequest":
@@ -74,9 +82,12 @@ class GenerationRequest:
             raise ValueError("The prompt is empty: describe the image you want, e.g. 'a red circle on a blue background, top left'.")
         height, width = _integer("height", fields["height"]), _integer("width", fields["width"])
         check_size(height, width)
-        sampler = SAMPLERS.get(fields["sampler"], fields["sampler"])
-        if sampler not in SAMPLERS.values():
-            raise ValueError(f"Unknown sampler {fields['sampler']!r}: choose one of {', '.join(SAMPLERS)}.")
+        sampler = _sampler(fields["sampler"])
+        compare = (_sampler(fields.get("compare_left") or COMPARE_DEFAULT[0]), _sampler(fields.get("compare_right") or COMPARE_DEFAULT[1]))
+        fewstep = fields.get("fewstep_file") or None
+        if "fewstep" in (sampler, *compare) and not fewstep:
+            raise ValueError("The few-step sampler runs a few-step LoRA: upload its .safetensors file (e.g. a Qwen-Image-Lightning "
+                             "file) under 'Few-step LoRA file'.")  # fmt: skip
         split = PhaseSplit.parse(fields["slow_steps"] or "", fields["fast_steps"] or "") if sampler == "custom" else None
         scale = _cfg_scale(fields["true_cfg_scale"])
         slow, fast, official = _adapters(fields, runs_folder)
@@ -88,23 +99,35 @@ class GenerationRequest:
             fields["profile"] or "auto", sampler, _integer("base steps", fields["base_steps"], 1), split,
             fields["mode"] if sampler == "custom" else "consistent", scale,
             slow, fast, official, fields["lora_compat"], fields["image"] or None,
+            fewstep, _integer("few-step steps", fields.get("fewstep_steps") or 8, 1), compare,
         )  # fmt: skip
 
     def load_key(self, profile_name: str) -> tuple:
         """What decides the loaded model: the same key reuses it (a retrained file has a new size or time)."""
-        files = tuple((p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) if p and Path(p).is_file() else p for p in (self.slow_lora, self.fast_lora))
+        paths = (self.slow_lora, self.fast_lora, self.fewstep_lora)
+        files = tuple((p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) if p and Path(p).is_file() else p for p in paths)
         return (self.model, profile_name, files, self.use_official_loras, self.lora_compat)
 
-    def generate_kwargs(self, base_steps: int | None = None) -> dict:
-        """Keyword arguments of `Glance.generate` for a Glance run, or a base run of `base_steps` steps."""
+    def method(self, sampler: str | None = None) -> str:
+        """The `glance_lite.methods` name a sampler choice runs (default: the Generate tab's)."""
+        sampler = sampler or self.sampler
+        return {"glance": "glance", "custom": "glance", "base": f"base-{self.base_steps}", "fewstep": f"fewstep-{self.fewstep_steps}"}[sampler]
+
+    def generate_kwargs(self, sampler: str | None = None) -> dict:
+        """Keyword arguments of `Glance.generate` for a sampler choice (default: the Generate tab's)."""
+        custom = (sampler or self.sampler) == "custom"
         return dict(
             negative_prompt=self.negative_prompt, height=self.height, width=self.width, seed=self.seed,
-            true_cfg_scale=self.true_cfg_scale, mode=self.mode, split=self.split, base_steps=base_steps, image=self.image,
+            true_cfg_scale=self.true_cfg_scale, mode=self.mode if custom else "consistent", split=self.split if custom else None,
+            method=self.method(sampler), image=self.image,
         )  # fmt: skip
 
-    @property
-    def base_only(self) -> bool:
-        return self.sampler == "base"
+
+def _sampler(label: str) -> str:
+    sampler = SAMPLERS.get(label, label)
+    if sampler not in SAMPLERS.values():
+        raise ValueError(f"Unknown sampler {label!r}: choose one of {', '.join(SAMPLERS)}.")
+    return sampler
 
 
 def _adapters(fields: dict, runs_folder: Path) -> tuple[str | None, str | None, bool]:

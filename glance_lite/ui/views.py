@@ -103,8 +103,8 @@ def run_table(rendered) -> str:
 
 
 def comparison_table(comparison) -> str:
-    """Glance and base side by side: per stage time and peak, transformer calls, and PSNR between the two images."""
-    g, b = comparison.glance, comparison.base
+    """The two methods side by side: per stage time and peak, transformer calls, and PSNR between the two images."""
+    g, b = comparison.left, comparison.right
     g_stages, b_stages = {s.stage: s for s in g.result.stages}, {s.stage: s for s in b.result.stages}
     lines = [f"**PSNR between the two images: {comparison.psnr:.1f} dB** (same seed, same initial noise)", "",
              f"| | {g.label} | {b.label} |", "|---|---|---|",

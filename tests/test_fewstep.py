@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from glance_lite.lora import KOHYA_PREFIX, LoraSource, load_lora, lora_modules, write_lora_file
+from glance_lite.lora import KOHYA_PREFIX, LoraSource, load_lora, write_lora_file
 from glance_lite.methods import LIGHTNING_SCHEDULER, MethodError, parse_method
 from glance_lite.models import component_class, resolve_model
 

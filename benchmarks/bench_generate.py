@@ -23,7 +23,8 @@ the default stem is <date>-<device>-<model> and the default folder benchmarks/re
 
 Side by side (`--methods glance,base-50,base-10,lightning-8`, any subset of `glance_lite.methods` names): per profile
 the model is loaded once with every adapter the methods need (slow, fast and a few-step LoRA: `--fewstep-lora`, else
-the preset's published file for a real model, else a random one in Lightning's key layout), and each method is timed
+the preset's published file for a real model, the pocket model's shipped distilled one for fewstep-4 / fewstep-2,
+else a random one in Lightning's key layout), and each method is timed
 (end to end and the denoise stage, median of `--repeats` after `--warmup`), with its transformer calls, peak memory,
 the planner's PCIe bytes per image, and the PSNR of its picture to the base-50 picture from the same noise; the
 pictures go to a PNG grid (<stem>-methods.png beside <stem>-methods.json / .md).
@@ -191,13 +192,20 @@ class Bench:
         return None, None  # glance_lite.load picks the official ones
 
     def _fewstep_lora(self, method) -> str | None:
-        """--fewstep-lora, else (a real model with a preset) None: `load` takes the published file, else a random
-        LoRA written in Lightning's key layout (`diffusion_model.` + lora_down/lora_up + `.alpha`)."""
+        """--fewstep-lora, else (a real model with a preset) None: `load` takes the published file, else the one the
+        model ships for that step count (the pocket model's distilled LoRAs), else a random LoRA written in
+        Lightning's key layout (`diffusion_model.` + lora_down/lora_up + `.alpha`)."""
         args = self.args
         if args.fewstep_lora:
             return args.fewstep_lora
         if method.preset and not args.random_weights and not args.random_lora and not _is_tiny(args):
             return None
+        from glance_lite.pocket import bundled_fewstep_lora
+
+        shipped = None if args.random_weights or args.random_lora or method.preset else bundled_fewstep_lora(args.model, method.steps)
+        if shipped is not None:  # the pocket model's distilled LoRA: a real peer
+            self.notes.append(f"Few-step LoRA: {shipped.name}, distilled from {args.model} (the one it ships).")
+            return str(shipped)
         if args.random_weights:
             arch = C.ARCHS[args.arch].with_layers(args.num_layers)
             meta, family = C.meta_module(arch, "transformer"), C.random_weight_source(arch, self.profile).family

@@ -239,8 +239,8 @@ def write_markdown(info: dict, path: Path) -> Path:
     return path
 
 
-def evaluation_parser(description: str, stem: str) -> argparse.ArgumentParser:
-    """The options every pocket evaluation script takes."""
+def evaluation_parser(description: str, stem: str, held_out: bool = False) -> argparse.ArgumentParser:
+    """The options every pocket evaluation script takes; `held_out`: those of one over the held-out captions."""
     from glance_lite import cli
 
     p = cli.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -248,19 +248,20 @@ def evaluation_parser(description: str, stem: str) -> argparse.ArgumentParser:
     p.add_argument("--stem", default=stem)
     p.add_argument("--work", type=Path, default=None, help="where the one-sample data and LoRAs go (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=1)
+    if held_out:
+        p.add_argument("--seeds", type=int, default=2, help="noise seeds per held-out prompt (default 2)")
+        p.add_argument("--prompts", type=int, default=0, help="only the first N held-out prompts (default all 26)")
+        p.add_argument("--grid-rows", type=int, default=6)
+        p.add_argument("--from-json", type=Path, default=None, help="only rewrite the markdown from a JSON this script wrote")
     return p
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = evaluation_parser(__doc__, "pocket-glance")
+    p = evaluation_parser(__doc__, "pocket-glance", held_out=True)
     p.add_argument("--slow-lora", type=Path, default=None)
     p.add_argument("--fast-lora", type=Path, default=None)
     p.add_argument("--train-steps", type=int, default=None, help="override the demo recipe's steps per phase")
-    p.add_argument("--seeds", type=int, default=2, help="noise seeds per held-out prompt (default 2)")
-    p.add_argument("--prompts", type=int, default=0, help="only the first N held-out prompts (default all 26)")
-    p.add_argument("--grid-rows", type=int, default=6)
-    p.add_argument("--from-json", type=Path, default=None, help="only rewrite the markdown from a JSON this script wrote")
     args = p.parse_args(argv)
     args.argv = argv
     torch.set_num_threads(args.threads)

@@ -387,6 +387,17 @@ def _preset_lora(family, method: Method, model: str) -> LoraSource:
     return lora
 
 
+def _bundled_lora(model: str, method: Method) -> LoraSource:
+    """The few-step LoRA an embedded model ships for this step count (`pocket.bundled_fewstep_lora`), else a refusal
+    that says what to pass."""
+    from .pocket import bundled_fewstep_lora, shipped_fewstep_note
+
+    path = bundled_fewstep_lora(model, method.steps)
+    if path is not None:
+        return LoraSource(str(path))
+    raise MethodError(f"{method.name} samples with a few-step LoRA: pass it with --lora FILE (fewstep_lora=){shipped_fewstep_note(model)}.")
+
+
 def load(
     model: str = DEFAULT_MODEL,
     slow_lora=None,
@@ -441,7 +452,7 @@ def load(
     if loras[FEWSTEP] is None and method.preset:
         loras[FEWSTEP] = _preset_lora(family, method, model)
     if loras[FEWSTEP] is None and method.kind == "fewstep":
-        raise MethodError(f"{method.name} samples with a few-step LoRA: pass it with --lora FILE (fewstep_lora=).")
+        loras[FEWSTEP] = _bundled_lora(model, method)
     loras = {name: src for name, src in loras.items() if src is not None}
     if loras:
         meta = meta_component(source)

@@ -9,8 +9,10 @@
    pocket model (`pocket/qwen-image`: the real Qwen-Image architecture and code paths, trained by the project on
    64x64 pictures of one coloured shape on a plain background, `glance_lite.pocket`);
 3. `glance_lite.load(...).generate` samples the caption with Glance (5 slow + 5 fast steps), with the base model
-   (50 steps and 10 steps), all with true CFG, and once more with the Glance schedule but no LoRAs; then the same
-   for a caption the pocket model never trained on (`pocket.world.HELD_OUT`), with the same adapters;
+   (50 steps and 10 steps), all with true CFG, and once more with the Glance schedule but no LoRAs; the few-step
+   regime beside them: the base model at 4 steps, and the few-step LoRA distilled from the pocket model (shipped,
+   4 steps without guidance); then the same for a caption the pocket model never trained on
+   (`pocket.world.HELD_OUT`), with the same adapters;
 4. side_by_side.png shows them side by side (row 1: the training caption, row 2: the unseen one; images/ holds each
    picture alone, with the settings that made it in its PNG text chunk), report.md what
    each part cost (time, transformer calls, memory) and how far each image is from the 50-step one.
@@ -39,6 +41,7 @@ CAPTION_FILE = ASSETS / "red_circle.txt"
 CONFIG_FILE = ASSETS / "train.yaml"
 SEED = 1234
 BASE_STEPS = 50
+FEW_STEPS = 4  # the few-step regime beside the 10-step one: base-4 and the pocket model's distilled 4-step LoRA
 # --quick: a smoke test of every stage (CI), not a result to look at.
 QUICK_OVERRIDES = {"steps": 6, "checkpoint_every": 3}
 QUICK_BASE_STEPS = 10
@@ -129,14 +132,17 @@ def run_demo(out: Path, profile: str = "cpu", quick: bool = False, progress: boo
 
     glance = glance_lite.load(DEMO_MODEL, trained.adapters["slow"], trained.adapters["fast"], profile=profile)
     plain = glance_lite.load(DEMO_MODEL, profile=profile)
+    fewstep = glance_lite.load(DEMO_MODEL, profile=profile, method=f"fewstep-{FEW_STEPS}")  # the LoRA distilled from it
     base_steps = QUICK_BASE_STEPS if quick else BASE_STEPS
-    for model in (glance, plain):  # first calls pay one-off costs (allocation, kernel choice): keep them out of the timings
+    for model in (glance, plain, fewstep):  # first calls pay one-off costs (allocation, kernel choice): keep them out of the timings
         model.generate(caption, height=height, width=width, seed=SEED, progress=False, output_type="latent")
     kinds = (
         ("glance", glance, {}),
         ("base", glance, {"base_steps": base_steps}),
         ("base10", glance, {"base_steps": QUICK_BASE_STEPS}),
         ("no_lora", plain, {}),
+        ("base_few", plain, {"base_steps": FEW_STEPS}),
+        ("fewstep", fewstep, {}),
     )
     order = tuple(k for k, *_ in kinds)
     runs, unseen = {}, {}
@@ -155,13 +161,14 @@ def run_demo(out: Path, profile: str = "cpu", quick: bool = False, progress: boo
         "train": {n: checker.judge(runs[n].image, world.Scene.parse(caption)) for n in order},
         "unseen": {n: checker.judge(unseen[n].image, world.Scene.parse(UNSEEN_CAPTION)) for n in order},
     }
-    scale = glance.family.default_true_cfg_scale
-    calls = {name: len(r.plan.steps) * (2 if scale > 1 else 1) for name, r in runs.items()}
+    calls = {name: r.transformer_calls for name, r in runs.items()}
     labels = {
         "glance": f"Glance, 10 steps\n{calls['glance']} transformer calls",
         "base": f"base model, {base_steps} steps\n{calls['base']} transformer calls",
         "base10": f"base model, {QUICK_BASE_STEPS} steps\n{calls['base10']} transformer calls",
         "no_lora": "Glance schedule, no LoRAs\n(what the adapters add)",
+        "base_few": f"base model, {FEW_STEPS} steps\n{calls['base_few']} transformer calls",
+        "fewstep": f"distilled LoRA, {FEW_STEPS} steps\n{calls['fewstep']} calls, no CFG",
     }
 
     def caption_label(text: str, what: str) -> str:
@@ -229,6 +236,8 @@ def _report(trained, runs, seconds, distances, calls, base_steps, quick, fidelit
         "base": "base model",
         "base10": f"base model, {QUICK_BASE_STEPS} steps",
         "no_lora": "Glance schedule, no LoRAs",
+        "base_few": f"base model, {FEW_STEPS} steps",
+        "fewstep": f"distilled few-step LoRA, {FEW_STEPS} steps, no CFG (shipped)",
     }
     lines += [
         "",
@@ -266,6 +275,15 @@ def _report(trained, runs, seconds, distances, calls, base_steps, quick, fidelit
         "(plus Python start-up and imports).",
         "",
         "Over all 26 held-out prompts: benchmarks/results/pocket-glance.md (`python benchmarks/eval_pocket.py`).",
+        "",
+        "## Fewer steps",
+        "",
+        f"On the unseen prompt, PSNR to the {base_steps}-step image: base model at {FEW_STEPS} steps "
+        f"{fidelity['unseen']['base_few']:.1f} dB ({calls['base_few']} transformer calls), the few-step LoRA distilled from "
+        f"the pocket model ({FEW_STEPS} unguided calls, shipped in glance_lite/assets/pocket_qwen_image_fewstep/) "
+        f"{fidelity['unseen']['fewstep']:.1f} dB. Over the 26 held-out prompts, Glance with one-picture LoRAs does not "
+        "beat the base model at 4, 3 or 2 steps; its schedule alone does, and so does the distilled LoRA with half the "
+        "calls: benchmarks/results/pocket-fewstep.md (`python benchmarks/eval_pocket_fewstep.py`).",
         "",
         "Generate again with the trained adapters:",
         "",

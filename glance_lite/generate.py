@@ -114,7 +114,11 @@ def _method(args):
         raise cli.UsageError(f"--lora is the few-step LoRA of --method fewstep-N / lightning-*; {method.name} uses "
                              "--slow-lora / --fast-lora (glance) or none (base).")  # fmt: skip
     if method.kind == "fewstep" and not method.preset and args.lora is None:
-        raise cli.UsageError(f"{method.name} samples with a few-step LoRA: pass it with --lora FILE (or use --method lightning-8).")
+        from .pocket import bundled_fewstep_lora, shipped_fewstep_note
+
+        if bundled_fewstep_lora(args.model, method.steps) is None:
+            note = shipped_fewstep_note(args.model) or " (or use --method lightning-8)"
+            raise cli.UsageError(f"{method.name} samples with a few-step LoRA: pass it with --lora FILE{note}.")
     if method.kind != "glance" and (args.slow_steps or args.fast_steps):
         raise cli.UsageError(f"--slow-steps / --fast-steps split the glance method; {method.name} takes --steps.")
     return method

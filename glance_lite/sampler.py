@@ -90,11 +90,13 @@ def sample(
     fuse_adapters: bool = False,
     progress: bool = True,
     on_phase_end: Callable[[str], None] | None = None,
+    on_step: Callable[[Step, torch.Tensor], None] | None = None,
 ) -> SamplingResult:
     """Run every phase of `plan` from `state.latents`; returns the final latents and per-phase wall times.
 
     `fuse_adapters` merges each phase's adapter into the weights while it runs; the base weights are back when
-    this returns, whatever happens.
+    this returns, whatever happens. `on_step(step, latents)` sees the latent after every step (a distillation
+    teacher's trajectory).
     """
     latents = state.latents
     device = latents.device
@@ -118,6 +120,8 @@ def sample(
                             f"computing in {v.dtype}. Qwen-Image overflows in pure float16; use a bfloat16 profile, "
                             "or a V100 profile that computes the overflowing layers in float32. No image was written."
                         )
+                    if on_step is not None:
+                        on_step(step, latents)
                     bar.update()
                 _synchronize(device)
                 result.phase_seconds[phase] = time.perf_counter() - start

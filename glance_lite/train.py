@@ -4,6 +4,7 @@
     python -m glance_lite.train --model tiny/qwen-image --data DIR --output OUT --profile cpu --config my.yaml
     python -m glance_lite.train --model black-forest-labs/FLUX.1-dev --print-config   # the keys and defaults
     accelerate launch -m glance_lite.train ...                                        # several GPUs (DDP)
+    python -m glance_lite.train --model pocket/qwen-image --phase distill --data captions.txt --output OUT --profile cpu
 
 Glance trains each adapter on ONE image–caption pair, only at the timesteps its phase samples at: the Slow-LoRA
 at the 5 early timesteps, the Fast-LoRA at the 5 late ones (reference notes §1, §4). A run, end to end:
@@ -27,6 +28,9 @@ hard-codes the 1024x1024 values rounded to bfloat16 whatever the resolution (`ti
 Several processes (`accelerate launch`, torchrun): accelerate places each process on its GPU and DDP averages the
 LoRA gradients (each process draws its own timesteps and noise: an effective batch of N); only the main process
 writes files. Checkpoints hold every process's sampler state, so a resume needs the same number of processes.
+
+`--phase distill` trains, in the same loop and with the same checkpoints, a few-step student LoRA on captions alone
+(`glance_lite.distill`): OUT/distill.safetensors, sampled with `--method fewstep-N --lora OUT/distill.safetensors`.
 
 Output folder: slow.safetensors, fast.safetensors (final adapters), {phase}_loss.csv / .png (loss log and curve),
 train_config.yaml (the resolved config), checkpoints/{phase}/step-NNNNNN/, cache/ (embeddings, latents).
@@ -59,15 +63,18 @@ from .data import (
 from .errors import UserError
 from .loss_log import LossLog, plot_loss_curve, read_loss_csv
 from .models import family_of
-from .train_config import PHASES, RUN_KEYS, ConfigFile, TrainConfig, load_config_file, parse_set_options, read_config_file
+from .train_config import DISTILL, PHASES, RUN_KEYS, ConfigFile, TrainConfig, load_config_file, parse_set_options, read_config_file
 
 if TYPE_CHECKING:  # torch is imported where a run starts: `--help` and refusals answer before it loads
     import torch
 
 # Config keys that do not change what is trained (a resumed run may change them).
 _BOOKKEEPING_KEYS = ("checkpoint_every", "keep_checkpoints", "cache_dir")
+# Config keys only a distillation run reads (a Glance phase's checkpoints do not depend on them).
+_DISTILL_KEYS = ("distill_steps", "teacher_steps", "teacher_cfg", "teacher_noises")
+ADAPTERS = (*PHASES, DISTILL)  # every adapter a run can train, each its own file OUT/<name>.safetensors
 # Added to the seed so each phase's LoRA init and step sampling differ, and do not depend on which phases run.
-_PHASE_SEED = {"slow": 0, "fast": 1_000_003}
+_PHASE_SEED = {"slow": 0, "fast": 1_000_003, DISTILL: 2_000_006}
 _EVAL_SEED = 7_777
 
 
@@ -105,14 +112,18 @@ class TrainResult:
     @property
     def adapters(self) -> dict[str, Path]:
         """Every adapter file present in the output folder (also ones from an earlier run of the other phase)."""
-        return {p: self.output / f"{p}.safetensors" for p in PHASES if (self.output / f"{p}.safetensors").is_file()}
+        return {p: self.output / f"{p}.safetensors" for p in ADAPTERS if (self.output / f"{p}.safetensors").is_file()}
 
     def generate_command(self) -> str:
         """The `python -m glance_lite.generate` call that samples the first training caption with these adapters."""
+        if DISTILL in self.phases:
+            from .distill import generate_command
+
+            return generate_command(self)
         height, width = self.sizes[0]
         parts = ["python", "-m", "glance_lite.generate", "--model", self.model]
         for phase, path in self.adapters.items():
-            parts += [f"--{phase}-lora", str(path)]
+            parts += [f"--{phase}-lora", str(path)] if phase in PHASES else []
         parts += ["--prompt", self.captions[0], "--height", str(height), "--width", str(width), "--profile", self.profile]
         if self.control_images and self.control_images[0] is not None:
             parts += ["--image", str(self.control_images[0])]
@@ -157,6 +168,7 @@ class Run:
     verbose: bool
     transformer: Any = None
     resume: dict = field(default_factory=dict)  # phase -> the checkpoint.Checkpoint to resume from, or None
+    cache: EmbeddingCache | None = None  # encodings and, for distillation, the teacher's latents
 
     @property
     def dtype(self) -> torch.dtype:
@@ -176,7 +188,8 @@ class Run:
 
     def describe(self, phase: str) -> dict:
         """What decides the trained weights of `phase`; a checkpoint resumes only under the same description."""
-        config = {k: v for k, v in self.config.to_dict().items() if k not in _BOOKKEEPING_KEYS}
+        unused = _BOOKKEEPING_KEYS + (() if phase == DISTILL else _DISTILL_KEYS)
+        config = {k: v for k, v in self.config.to_dict().items() if k not in unused}
         training = dataclasses.asdict(self.profile.training)
         return {"phase": phase, "model": self.fingerprint, "data": self.data_digest, "optimizer": self.optimizer_name,
                 "processes": self.accelerator.num_processes, "timesteps": [e.timesteps[phase] for e in self.examples],
@@ -209,7 +222,8 @@ def train(
     device: str | None = None,
     **overrides,
 ) -> TrainResult:
-    """Train the Slow-LoRA, the Fast-LoRA or both (slow first) on the image–caption pairs in `data`.
+    """Train the Slow-LoRA, the Fast-LoRA or both (slow first) on the image–caption pairs in `data`; or, with
+    `phase="distill"`, a few-step student LoRA on the captions in `data` (a text file or a dataset folder).
 
     `config`: a YAML file or dict of `TrainConfig` keys; keyword `overrides` win over it. Re-running the same call
     resumes from the newest checkpoint (a finished phase is not retrained); `restart=True` discards checkpoints.
@@ -220,14 +234,20 @@ def train(
     phases = _phases(phase)
     family = family_of(model)
     settings = read_config_file(config) if isinstance(config, (str, Path)) else dict(config or {})
-    cfg = TrainConfig.for_family(family, {**settings, **overrides})
+    cfg = TrainConfig.for_family(family, {**settings, **overrides}, phase)
     if isinstance(cfg.timesteps, list) and len(phases) > 1:
         raise ValueError("A plain list of timesteps applies to one phase: train one --phase, or give {slow: [...], fast: [...]}.")
     if cfg.condition_area is not None and hasattr(family, "condition_area"):
         family.condition_area = cfg.condition_area
     check_output_folder(Path(output), phases, restart)
-    min_size = cfg.min_image_size or min(DEFAULT_MIN_SIZE, cfg.resolution)
-    samples = validate_dataset(data, edit=family.needs_condition_image, min_size=min_size)
+    if phase == DISTILL:
+        from .distill import check_family, read_captions
+
+        check_family(family, model)
+        samples = read_captions(data)
+    else:
+        min_size = cfg.min_image_size or min(DEFAULT_MIN_SIZE, cfg.resolution)
+        samples = validate_dataset(data, edit=family.needs_condition_image, min_size=min_size)
 
     run = _start_run(model, family, cfg, samples, Path(output), profile, progress, verbose, restart, phases, device)
     try:
@@ -238,7 +258,7 @@ def train(
     result = TrainResult(
         model, run.output, profile_label, cfg, results,
         [e.caption for e in run.examples], [(e.height, e.width) for e in run.examples],
-        [e.latents.detach().cpu() for e in run.examples], [e.control_path for e in run.examples], list(run.manager.tracker.records),
+        [e.latents.detach().cpu() for e in run.examples if e.latents is not None], [e.control_path for e in run.examples], list(run.manager.tracker.records),
     )  # fmt: skip
     run.say(_summary(result))
     return result
@@ -250,6 +270,8 @@ def _train_phases(run: Run, phases) -> dict[str, PhaseResult]:
     if todo:
         run.manager.on_load("transformer", lambda module: _prepare_transformer(module, run, todo))
         run.transformer = run.manager.bring("transformer", "train_step")
+        if DISTILL in todo:
+            _run_teacher(run)
         for e in run.examples:
             e.state = run.family.training_state(run.manager.pipe, e.latents.to(run.dtype), e.height, e.width, e.condition)
     results = {}
@@ -262,6 +284,14 @@ def _train_phases(run: Run, phases) -> dict[str, PhaseResult]:
     return results
 
 
+def _run_teacher(run: Run) -> None:
+    """Distillation: the teacher's latents for every example (cached; the main process samples, the others read)."""
+    from .distill import attach_teacher_points
+
+    with run.manager.tracker.stage("teacher"), run.accelerator.main_process_first():
+        attach_teacher_points(run, run.cache)
+
+
 def train_phase(run: Run, phase: str) -> PhaseResult:
     """The training loop of one adapter: flow-matching MSE at the phase's timesteps, checkpointed, resumable."""
     import torch.nn.functional as F
@@ -271,7 +301,7 @@ def train_phase(run: Run, phase: str) -> PhaseResult:
     optimizer = accelerator.prepare_optimizer(_build_optimizer(params, cfg, run.optimizer_name), device_placement=False)
     lr_scheduler = _build_lr_scheduler(optimizer, cfg)
     model = accelerator.prepare_model(_only_trainable_for_ddp(run.transformer, accelerator), device_placement=False)
-    sampler = StepSampler(run.examples, phase, cfg.caption_dropout, seed=cfg.seed + _PHASE_SEED[phase] + accelerator.process_index)
+    sampler = _step_sampler(run, phase, seed=cfg.seed + _PHASE_SEED[phase] + accelerator.process_index)
     start, eval_before = _resume(run, phase, optimizer, lr_scheduler, sampler)
     if start == 0:
         eval_before = _eval_loss(run, phase)
@@ -281,11 +311,9 @@ def train_phase(run: Run, phase: str) -> PhaseResult:
     divergence = DivergenceCheck(scaled=getattr(accelerator, "scaler", None) is not None)
     for step in range(start, cfg.steps):
         draw = sampler.draw()
-        sigma = draw.timestep / 1000  # the trainer's sigma of a timestep (reference notes §4)
-        noisy = ((1 - sigma) * draw.latents + sigma * draw.noise).to(run.dtype)
-        target = draw.noise - draw.latents
+        noisy = draw.noisy.to(run.dtype)
         velocity = family.velocity(model, draw.example.state, noisy, family.timestep_tensor(draw.timestep, noisy), draw.cond)
-        loss = F.mse_loss(velocity.float(), target.float())
+        loss = F.mse_loss(velocity.float(), draw.target.float())
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm) if cfg.max_grad_norm else _gradient_norm(params)
         loss_value = loss.item()  # one device sync per step, read before the optimizer step
@@ -376,9 +404,9 @@ def _divergence_message(run: Run, phase: str, step: int, what: str) -> str:
 def _phases(phase: str) -> tuple[str, ...]:
     if phase == "both":
         return PHASES
-    if phase in PHASES:
+    if phase in ADAPTERS:
         return (phase,)
-    raise ValueError(f"phase must be slow, fast or both, got {phase!r}.")
+    raise ValueError(f"phase must be slow, fast, both or distill, got {phase!r}.")
 
 
 def check_output_folder(output: Path, phases, restart: bool) -> None:
@@ -439,10 +467,21 @@ def _start_run(model, family, cfg, samples, output, profile, progress, verbose, 
     fingerprint = model_fingerprint(source, resolved)
     cache = EmbeddingCache(Path(cfg.cache_dir) if cfg.cache_dir else output / "cache", fingerprint)
     with accelerator.main_process_first():  # one process encodes, the others read its cache entries
-        examples = encode_examples(manager, family, samples, cfg, cache, run_dtype=torch_dtype(resolved.training.dtype))
-    run = Run(model, cfg, family, resolved, accelerator, manager, output, examples, fingerprint, _data_digest(samples), progress, verbose)
+        if DISTILL in phases:  # captions: text embeddings only, no images
+            from .distill import NEGATIVE_PROMPT, data_digest, make_examples
+
+            texts = encode_texts(manager, family, cache, [*samples, NEGATIVE_PROMPT], run_dtype=torch_dtype(resolved.training.dtype))
+            examples, digest = make_examples(samples, texts, cfg), data_digest(samples)
+        else:
+            examples = encode_examples(manager, family, samples, cfg, cache, run_dtype=torch_dtype(resolved.training.dtype))
+            digest = _data_digest(samples)
+    run = Run(model, cfg, family, resolved, accelerator, manager, output, examples, fingerprint, digest, progress, verbose)
+    run.cache = cache
     for example in examples:
-        example.timesteps = {p: phase_timesteps(run, p, example.height, example.width) for p in PHASES}
+        if DISTILL in phases:
+            example.timesteps = {DISTILL: distill_timesteps(run)}
+        else:
+            example.timesteps = {p: phase_timesteps(run, p, example.height, example.width) for p in PHASES}
     with accelerator.main_process_first():  # the main process sets unreadable checkpoints aside, the others see that
         _check_checkpoints(run, phases)
     if accelerator.is_main_process:
@@ -534,14 +573,7 @@ def encode_examples(manager, family, samples, cfg, cache: EmbeddingCache, run_dt
         return wanted
 
     text_jobs = missing([(sp[k], (c, sp["control"])) for sp in specs for k, c in (("text", sp["sample"].caption), ("empty", ""))])
-    if text_jobs:
-        text_device = manager.device_of(manager.text_components()[0])
-        with manager.stage("text_encode", manager.text_components()) as pipe, torch.no_grad():
-            for key, (caption, control) in text_jobs.items():
-                found[key] = family.encode_prompt(pipe, caption, text_device, image=control)
-                cache.put(key, found[key])
-    for component in manager.text_components():
-        manager.evict(component)
+    _encode_text_jobs(manager, family, cache, text_jobs, found)
 
     latent_jobs = missing([(sp["latents"], ("target", sp)) for sp in specs] + [(sp["control_latents"], ("control", sp)) for sp in specs if sp["control"] is not None])
     if latent_jobs:
@@ -572,6 +604,37 @@ def encode_examples(manager, family, samples, cfg, cache: EmbeddingCache, run_dt
             cond=on_device(found[sp["text"]], run_dtype), empty_cond=on_device(found[sp["empty"]], run_dtype), condition=condition,
         ))  # fmt: skip
     return examples
+
+
+def _encode_text_jobs(manager, family, cache: EmbeddingCache, jobs: dict, found: dict) -> None:
+    """Encode each job (cache key -> (caption, input image or None)) into `found` and the cache, then evict the text
+    encoder (loaded only if some job is left)."""
+    import torch
+
+    if jobs:
+        text_device = manager.device_of(manager.text_components()[0])
+        with manager.stage("text_encode", manager.text_components()) as pipe, torch.no_grad():
+            for key, (caption, control) in jobs.items():
+                found[key] = family.encode_prompt(pipe, caption, text_device, image=control)
+                cache.put(key, found[key])
+    for component in manager.text_components():
+        manager.evict(component)
+
+
+def encode_texts(manager, family, cache: EmbeddingCache, captions: list[str], run_dtype) -> dict[str, dict]:
+    """Each caption's text embeddings (cached as `encode_examples` caches them), kept on the CPU in `run_dtype`."""
+    keys = {caption: cache.key("text", caption) for caption in captions}
+    found = {key: entry for key in keys.values() if (entry := cache.get(key)) is not None}
+    _encode_text_jobs(manager, family, cache, {key: (caption, None) for caption, key in keys.items() if key not in found}, found)
+    return {caption: {k: v.to("cpu", run_dtype) if v.is_floating_point() else v.cpu() for k, v in found[key].items()}
+            for caption, key in keys.items()}  # fmt: skip
+
+
+def distill_timesteps(run: Run) -> list[float]:
+    """The 0..1000 timesteps the student trains at: its few-step schedule's."""
+    from .distill import student_plan
+
+    return [s.timestep for s in student_plan(run).steps]
 
 
 def phase_timesteps(run: Run, phase: str, height: int, width: int) -> list[float]:
@@ -673,11 +736,23 @@ def _build_lr_scheduler(optimizer, cfg: TrainConfig):
 # ==== per-step sampling, logging, evaluation =========================================================================
 @dataclass
 class Draw:
-    example: TrainingExample
+    """What one training step computes: the transformer sees `noisy` at `timestep` with `cond` and is trained to
+    predict `target` (a velocity)."""
+
+    example: Any
     timestep: float
-    latents: torch.Tensor
-    noise: torch.Tensor
+    noisy: torch.Tensor
+    target: torch.Tensor
     cond: dict
+
+
+def _step_sampler(run: Run, phase: str, seed: int):
+    """A Glance phase draws (sample, phase timestep, noise); distillation draws a teacher trajectory's segment."""
+    if phase == DISTILL:
+        from .distill import DistillSampler, student_plan
+
+        return DistillSampler(run.examples, student_plan(run), seed, run.dtype, run.manager.device)
+    return StepSampler(run.examples, phase, run.config.caption_dropout, seed)
 
 
 class StepSampler:
@@ -699,7 +774,24 @@ class StepSampler:
         timestep = timesteps[int(torch.randint(len(timesteps), (1,), generator=g))]
         dropped = float(torch.rand((), generator=g)) < self.caption_dropout
         noise = torch.randn(example.latents.shape, generator=g, dtype=torch.float32).to(example.latents.device)
-        return Draw(example, timestep, example.latents, noise, example.empty_cond if dropped else example.cond)
+        return self._draw(example, timestep, noise, example.empty_cond if dropped else example.cond)
+
+    @staticmethod
+    def _draw(example: TrainingExample, timestep: float, noise: torch.Tensor, cond: dict) -> Draw:
+        """The flow-matching pair: x_sigma = (1 - sigma) x0 + sigma noise, velocity noise - x0."""
+        sigma = timestep / 1000  # the trainer's sigma of a timestep (reference notes §4)
+        return Draw(example, timestep, (1 - sigma) * example.latents + sigma * noise, noise - example.latents, cond)
+
+    def eval_draws(self, seed: int = 0) -> list[Draw]:
+        """Every sample x phase timestep, with fixed noise (from `seed`) per sample."""
+        import torch
+
+        generator = torch.Generator("cpu").manual_seed(seed)
+        draws = []
+        for example in self.examples:
+            noise = torch.randn(example.latents.shape, generator=generator).to(example.latents.device)
+            draws += [self._draw(example, t, noise, example.cond) for t in example.timesteps[self.phase]]
+        return draws
 
     def get_state(self) -> torch.Tensor:
         return self.generator.get_state()
@@ -709,21 +801,18 @@ class StepSampler:
 
 
 def _eval_loss(run: Run, phase: str) -> float:
-    """Mean loss over every sample x phase timestep with fixed noise: comparable before and after training."""
+    """Mean loss over fixed draws (every sample x phase timestep with fixed noise; for distillation, every segment
+    of the first trajectories): comparable before and after training."""
     import torch
     import torch.nn.functional as F
 
-    generator = torch.Generator("cpu").manual_seed(run.config.seed + _EVAL_SEED)
     losses = []
     with torch.no_grad():
-        for example in run.examples:
-            noise = torch.randn(example.latents.shape, generator=generator).to(example.latents.device)
-            for t in example.timesteps[phase]:
-                sigma = t / 1000
-                noisy = ((1 - sigma) * example.latents + sigma * noise).to(run.dtype)
-                with run.accelerator.autocast():
-                    v = run.family.velocity(run.transformer, example.state, noisy, run.family.timestep_tensor(t, noisy), example.cond)
-                losses.append(F.mse_loss(v.float(), (noise - example.latents).float()).item())
+        for draw in _step_sampler(run, phase, 0).eval_draws(run.config.seed + _EVAL_SEED):
+            noisy = draw.noisy.to(run.dtype)
+            with run.accelerator.autocast():
+                v = run.family.velocity(run.transformer, draw.example.state, noisy, run.family.timestep_tensor(draw.timestep, noisy), draw.cond)
+            losses.append(F.mse_loss(v.float(), draw.target.float()).item())
     return sum(losses) / len(losses)
 
 
@@ -851,9 +940,9 @@ def _summary(result: TrainResult) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = cli.ArgumentParser(prog="python -m glance_lite.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="hub id (Qwen/Qwen-Image, black-forest-labs/FLUX.1-dev, Qwen/Qwen-Image-Edit), local folder, or tiny/qwen-image | tiny/flux | tiny/qwen-image-edit")
-    p.add_argument("--data", type=Path, help="dataset folder: image + same-name .txt caption (edit models: image/ and control/)")
+    p.add_argument("--data", type=Path, help="dataset folder: image + same-name .txt caption (edit models: image/ and control/); --phase distill: a text file, one caption per line, or a dataset folder")
     p.add_argument("--output", type=Path, help="output folder (adapters, logs, checkpoints, cache)")
-    p.add_argument("--phase", choices=("slow", "fast", "both"), help="which adapter(s) to train (both: slow, then fast; default: an official config's Slow_LoRA/Fast_LoRA, else both)")
+    p.add_argument("--phase", choices=("slow", "fast", "both", DISTILL), help="which adapter(s) to train (both: slow, then fast; default: an official config's Slow_LoRA/Fast_LoRA, else both); distill: a few-step student LoRA from captions alone (glance_lite.distill)")
     p.add_argument("--profile", default="auto", help="hardware profile name or YAML path (default: auto)")
     p.add_argument("--config", type=Path, help="YAML file of training settings (see --print-config), or an official Glance train_configs/*.yaml")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override one config key, e.g. --set steps=120 (repeatable)")
@@ -878,7 +967,7 @@ def main(argv: list[str] | None = None) -> int:
             raise cli.UsageError("--print-config needs --model.")
         import yaml
 
-        cfg = TrainConfig.for_family(family_of(run["model"]), settings)
+        cfg = TrainConfig.for_family(family_of(run["model"]), settings, run.get("phase"))
         print("".join(f"# {line}\n" for line in notes) + yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     for line in notes:

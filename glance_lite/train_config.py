@@ -14,6 +14,11 @@ from typing import Any
 from .errors import InputFileError, read_text_file, yaml_error_text
 
 PHASES = ("slow", "fast")
+DISTILL = "distill"  # the few-step student's training mode (`glance_lite.distill`), beside the Glance phases
+# What a distillation run changes in the family's recipe before a user's overrides: it learns a whole trajectory
+# over many captions (pocket-measured: `benchmarks/results/pocket-fewstep.md`), and samples without guidance, so
+# no caption dropout.
+DISTILL_RECIPE = {"steps": 1500, "caption_dropout": 0.0, "warmup_steps": 20, "checkpoint_every": 100}
 TIMESTEP_MODES = ("consistent", "reference")
 
 
@@ -52,12 +57,20 @@ class TrainConfig:
     min_image_size: int | None = None
     condition_area: int | None = None
     cache_dir: str | None = None
+    # --phase distill only (`glance_lite.distill`): the student's step count, and the teacher it imitates.
+    distill_steps: int = 4
+    teacher_steps: int = 50
+    teacher_cfg: float | None = None
+    teacher_noises: int = 1
 
     @classmethod
-    def for_family(cls, family, overrides: dict | None = None) -> "TrainConfig":
-        """The family's recipe with `overrides` applied; unknown keys and bad values fail with a clear message."""
+    def for_family(cls, family, overrides: dict | None = None, phase: str | None = None) -> "TrainConfig":
+        """The family's recipe (with `DISTILL_RECIPE` for `phase="distill"`) and `overrides` applied; unknown keys
+        and bad values fail with a clear message. `teacher_cfg: null` means the family's true CFG scale."""
         recipe = dataclasses.asdict(family.recipe)
         recipe.pop("optimizer")  # the profile picks the optimizer (memory), a config may override it
+        if phase == DISTILL:
+            recipe.update(DISTILL_RECIPE)
         overrides = dict(overrides or {})
         known = [f.name for f in dataclasses.fields(cls)]
         unknown = [k for k in overrides if k not in known]
@@ -71,7 +84,8 @@ class TrainConfig:
             raise ValueError("; ".join(lines) + f". Known keys: {', '.join(known)}.")
         config = cls(**{**recipe, **overrides})._checked()
         split = config.split(family)  # bad slow_steps / fast_steps fail here, not after encoding
-        return dataclasses.replace(config, slow_steps=split.slow, fast_steps=split.fast)
+        teacher_cfg = family.default_true_cfg_scale if config.teacher_cfg is None else config.teacher_cfg
+        return dataclasses.replace(config, slow_steps=split.slow, fast_steps=split.fast, teacher_cfg=teacher_cfg)
 
     def _checked(self) -> "TrainConfig":
         def number(name, kind=float, minimum=None, maximum=None, optional=False):
@@ -98,7 +112,14 @@ class TrainConfig:
             "max_grad_norm": number("max_grad_norm", float, 0, optional=True),
             "min_image_size": number("min_image_size", int, 1, optional=True),
             "condition_area": number("condition_area", int, 32 * 32, optional=True),
+            "distill_steps": number("distill_steps", int, 1), "teacher_steps": number("teacher_steps", int, 2),
+            "teacher_cfg": number("teacher_cfg", float, 1, optional=True), "teacher_noises": number("teacher_noises", int, 1),
         }  # fmt: skip
+        if values["teacher_steps"] < 2 * values["distill_steps"]:
+            raise ValueError(
+                f"config teacher_steps = {values['teacher_steps']} must be at least twice distill_steps = "
+                f"{values['distill_steps']}: the student learns to take the teacher's many small steps in few big ones."
+            )
         if values["resolution"] % 32:
             raise ValueError(f"config resolution = {values['resolution']} must be a multiple of 32 (long side in pixels).")
         if self.optimizer not in (None, "adamw", "adamw8bit"):

@@ -17,6 +17,7 @@ with the same OMP_NUM_THREADS), and waits for it. Events, one line each on stdou
     training PHASE from STEP           the child's training loop of PHASE begins (model loaded, samples encoded)
     logged PHASE STEP                  the child finished training step STEP and logged its loss
     checkpoint PHASE STEP              the child's checkpoint of step STEP is complete (renamed into place)
+    teacher N                          (--phase distill) the child cached its N-th teacher trajectory
     stopped PID WHAT                   the child reached its stopping point and waits there to be killed
     exit PID CODE                      the child ended: its exit status, or -N after signal N (-9: SIGKILL)
 
@@ -29,6 +30,7 @@ STOP_TIMEOUT_S, for the test to SIGKILL it, then exits with status STOP_NOT_KILL
                         trainer_state.pt written half (flushed to disk), the folder not renamed into place
     ["rename", n]       inside the n-th checkpoint write: every file written to the temporary folder, just
                         before it is synced and renamed into place
+    ["teacher", n]      (--phase distill) just after the n-th teacher trajectory was written to the cache
 
 `TrainRunner` is the test's side: it starts this file, sends commands, and reads the events, each wait with a
 timeout that fails the test with what the child did so far and the end of its output.
@@ -62,12 +64,12 @@ def install_hooks(events: int, stop) -> None:
     import torch
     from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-    from glance_lite import checkpoint, loss_log
+    from glance_lite import checkpoint, data, loss_log
 
     pid = os.getpid()
     point, nth = stop if stop else (None, 0)
     where = {"phase": None, "step": 0}  # the phase being trained and its last logged step
-    counts = {"step": 0, "state_file": 0, "rename": 0}
+    counts = {"step": 0, "state_file": 0, "rename": 0, "teacher": 0}
 
     def wait_to_be_killed(what: str) -> None:
         emit(events, f"stopped {pid} {what}")
@@ -127,6 +129,18 @@ def install_hooks(events: int, stop) -> None:
         return done
 
     checkpoint.write_checkpoint = write_checkpoint_then_report
+
+    cache_put = data.EmbeddingCache.put
+
+    def put_then_report(self, key, tensors):
+        cache_put(self, key, tensors)
+        if key.startswith("teacher-"):
+            stop_here = reached("teacher")
+            emit(events, f"teacher {counts['teacher']}")
+            if stop_here:
+                wait_to_be_killed(f"after writing teacher trajectory {counts['teacher']} to the cache")
+
+    data.EmbeddingCache.put = put_then_report
 
 
 def child(events: int, argv: list[str], log: str, stop) -> None:

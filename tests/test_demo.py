@@ -30,6 +30,9 @@ def test_the_demo_trains_generates_and_writes_side_by_side_png_and_report(tmp_pa
     assert glance_png["prompt"] == CAPTION_FILE.read_text().strip() and glance_png["model"] == "pocket/qwen-image"
     assert [lora["phase"] for lora in glance_png["loras"]] == ["slow", "fast"] and len(glance_png["loras"][0]["sha256"]) == 64
     assert read_png_settings(out / "side_by_side.png")["panels"]["train_glance"] == glance_png
+    fewstep_png = read_png_settings(out / "images" / "unseen_fewstep.png")  # the few-step regime: the shipped distilled LoRA
+    assert (fewstep_png["method"], fewstep_png["transformer_calls"], fewstep_png["true_cfg_scale"]) == ("fewstep-4", 4, 1.0)
+    assert "distilled few-step LoRA, 4 steps, no CFG (shipped) | 4 | 4 |" in report and "base model, 4 steps | 4 | 8 |" in report
 
 
 def test_the_demo_image_is_drawn_identically_every_time():

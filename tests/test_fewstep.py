@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from glance_lite.lora import KOHYA_PREFIX, LoraSource, load_lora, write_lora_file
 from glance_lite.methods import LIGHTNING_SCHEDULER, MethodError, parse_method
@@ -198,19 +199,32 @@ def test_a_few_step_lora_for_another_base_or_a_preset_without_its_file_is_one_li
     refused(capsys, generate_main(generate_args(tmp_path, "--model", "tiny/flux", "--method", "lightning-4")),
             "published for Qwen-Image and Qwen-Image-Edit")  # fmt: skip
     refused(capsys, generate_main(generate_args(tmp_path, "--method", "fewstep-8")), "pass it with --lora FILE")
+    refused(capsys, generate_main(generate_args(tmp_path, "--model", "pocket/qwen-image", "--method", "fewstep-3")),
+            "pass it with --lora FILE (pocket/qwen-image ships its own for fewstep-4, fewstep-2)")  # fmt: skip
 
 
-def test_the_planner_prices_a_few_step_method_by_its_passes():
-    """One pass per step and no CFG batch: fewer forwards, batch 1, PCIe bytes for 8 forwards (the 12gb card streams)."""
-    from glance_lite.plan import plan
+def test_the_pocket_model_samples_with_its_shipped_distilled_lora_when_none_is_given(tmp_path):
+    """`--method fewstep-4` on the pocket model without --lora: the LoRA distilled from it (assets), 4 unguided calls;
+    on unseen prompts its images are nearer the 50-step ones than the base model's in the same 4 steps."""
+    import glance_lite
+    from glance_lite.demo import psnr
+    from glance_lite.generate import main as generate_main
+    from glance_lite.png_settings import read_png_settings
+    from glance_lite.pocket import bundled_fewstep_lora, world
 
-    glance, lightning = plan("Qwen/Qwen-Image", "12gb", method="glance"), plan("Qwen/Qwen-Image", "12gb", method="lightning-8")
-    assert (glance.transformer_forwards, glance.batch) == (10, 2)  # batched CFG: 10 forwards of two
-    assert (lightning.transformer_forwards, lightning.batch) == (8, 1)
-    streaming = lightning.components["transformer"]
-    resident = set(lightning.resident_blocks["denoise"])
-    streamed = sum(b for i, b in enumerate(streaming.block_bytes) if i not in resident)
-    per_forward = streamed + 2 * streaming.outside_blocks_bytes  # streamed blocks in (pinned copies stay), the rest both ways
-    four = plan("Qwen/Qwen-Image", "12gb", method="lightning-4")
-    assert lightning.pcie.per_image - four.pcie.per_image == 4 * per_forward
-    assert lightning.stages["slow_phase"].activations["cuda:0"] < glance.stages["slow_phase"].activations["cuda:0"]
+    out = tmp_path / "fewstep.png"
+    captions = [s.caption for s in world.HELD_OUT[:4]]  # no pocket model, and no LoRA, trained on them
+    args = ["--model", "pocket/qwen-image", "--height", "64", "--width", "64", "--profile", "cpu", "--no-progress"]
+    assert generate_main([*args, "--prompt", captions[0], "--method", "fewstep-4", "--out", str(out)]) == 0
+    settings = read_png_settings(out)
+    assert (settings["method"], settings["transformer_calls"], settings["true_cfg_scale"]) == ("fewstep-4", 4, 1.0)
+    [lora] = settings["loras"]
+    assert (lora["phase"], lora["name"]) == ("fewstep", str(bundled_fewstep_lora("pocket/qwen-image", 4)))
+
+    pocket = glance_lite.load("pocket/qwen-image", profile="cpu", height=64, width=64)
+    student = glance_lite.load("pocket/qwen-image", profile="cpu", height=64, width=64, method="fewstep-4")
+    reference, base_4 = (pocket.generate(captions, height=64, width=64, progress=False, method=m).images for m in ("base-50", "base-4"))
+    distilled = student.generate(captions, height=64, width=64, progress=False).images
+    assert np.asarray(distilled[0]).tobytes() == np.asarray(Image.open(out).convert("RGB")).tobytes()
+    ours, theirs = (np.mean([psnr(a, b) for a, b in zip(images, reference)]) for images in (distilled, base_4))
+    assert ours > theirs + 1, f"PSNR to base-50: distilled 4 steps {ours:.2f} dB, base-4 {theirs:.2f} dB"

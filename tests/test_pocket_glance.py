@@ -88,3 +88,25 @@ def test_a_few_steps_train_the_slow_lora_and_the_pair_changes_the_10_step_output
     assert slow.eval_loss_after < 0.9 * slow.eval_loss_before, (slow.eval_loss_before, slow.eval_loss_after)
     change = float(((pocket_glance["after"] - pocket_glance["before"]) ** 2).mean())
     assert change > 1e-3, change  # the adapters are live at sampling time, not a no-op
+
+
+def test_the_few_step_report_and_the_readme_quote_the_committed_measurements(tmp_path):
+    """benchmarks/results/pocket-fewstep.md is what its script writes from the committed JSON (numbers included),
+    and every few-step figure the README quotes is that JSON's, rounded."""
+    import json
+
+    root = Path(__file__).resolve().parent.parent
+    benchmarks = str(root / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        script = importlib.import_module("eval_pocket_fewstep")
+    finally:
+        sys.path.remove(benchmarks)
+    info = json.loads((root / "benchmarks" / "results" / "pocket-fewstep.json").read_text())
+    written = script.write_markdown(info, tmp_path / "pocket-fewstep.md").read_text()
+    committed = (root / "benchmarks" / "results" / "pocket-fewstep.md").read_text()
+    assert committed.startswith(written)  # then the hand-written section
+    readme, m = (root / "README.md").read_text(), info["methods"]
+    for key in ("glance2+2", "base4", "sched2+2", "fewstep4", "fewstep2", "base2"):
+        quoted = f"{m[key]['psnr_mean']:.1f} dB / {100 * m[key]['adherence']['all']:.1f} %"
+        assert quoted in readme, f"README lacks {m[key]['label']}: {quoted}"

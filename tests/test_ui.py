@@ -192,6 +192,21 @@ def test_compare_sets_glance_beside_a_few_step_lora_once_its_file_is_given(page,
     assert re.search(r"transformer calls\s+20\s+4", table)
 
 
+def test_the_pocket_model_offers_its_shipped_few_step_lora_without_any_file(page):
+    """The pocket model ships LoRAs distilled from it: the few-step sampler is offered with no upload, at N = 4 (the
+    most steps shipped), and samples with the shipped file, without guidance, one call a step."""
+    page.open_settings()
+    page.wait_for_value("fewstep-steps", "4")
+    page.fill("prompt", YELLOW)
+    page.choose("sampler", "Few-step LoRA (file below), N steps")
+    page.click("generate")
+    png, _ = generated_png(page)
+    settings = read_png_settings(io.BytesIO(png))
+    assert (settings["method"], settings["transformer_calls"], settings["true_cfg_scale"]) == ("fewstep-4", 4, 1.0)
+    assert [Path(e["name"]).name for e in settings["loras"]] == ["fewstep-4.safetensors"]
+    assert checker.read_image(Image.open(io.BytesIO(png)).convert("RGB")).colour == world.Scene.parse(YELLOW).colour
+
+
 def test_a_cancelled_generation_frees_the_worker_for_the_next_user_who_waited_its_turn(page, server, driver):
     page.open_settings()
     page.choose("sampler", "Base model, N steps")

@@ -6,8 +6,8 @@
 Each mutation replaces one exact piece of the code (it must occur exactly once, so a refactor that moves it makes
 this script fail loudly instead of mutating nothing), runs the default tests chosen to catch it, and restores the
 file whatever happens. A mutation is "caught" when those tests fail. The table lists the behaviours the suite once
-passed without (issue "A green suite that means what it says") and the fixes of issue "The first GPU run works",
-undone one by one.
+passed without (issue "A green suite that means what it says"), the fixes of issue "The first GPU run works",
+undone one by one, and the two things few-step distillation must get right (the target, the teacher).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 RESULT = REPO / "benchmarks" / "results" / "mutation-check.md"
 RECIPE_4090 = "tests/test_real_width.py::test_the_training_recipe_each_profile_names_is_what_runs_under_cuda_autocast[4090]"
 STAND_IN = "tests/test_placement.py::test_every_tensor_is_where_its_placement_says_in_every_stage"
+DISTILLED = "tests/test_distill.py::test_the_student_lands_closer_to_the_teacher_in_two_unguided_steps"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ MUTATIONS = (
     Mutation("row5-card-check", "an explicit --profile is not checked against the card (capability, memory, torch build)",
              (("glance_lite/gpus.py", "    for card in (read_card(i) for i in wanted):\n", "    for card in ():\n"),),
              ("tests/test_cuda_emulation.py::test_a_profile_the_card_cannot_run_is_refused_in_one_line_before_anything_loads",)),
+    Mutation("distill-target", "the distilled student learns each segment's displacement instead of its velocity",
+             (("glance_lite/distill.py", "        target = (x_next - x) / (step.sigma_next - step.sigma)\n", "        target = x_next - x\n"),),
+             (DISTILLED,)),
+    Mutation("distill-teacher-cfg", "the distillation teacher samples without true CFG (not what generate's base-N draws)",
+             (("glance_lite/distill.py", "if cfg.teacher_cfg > 1 else None", "if cfg.teacher_cfg > 1e9 else None"),),
+             (DISTILLED,)),
 )
 
 

@@ -17,7 +17,8 @@ import gradio as gr
 
 from . import views
 from .jobs import compare_job, generate_job
-from .library import DEFAULT_MODEL, choose_profile, default_size, describe_error, memory_plan, model_choices, profile_choices
+from ..pocket import bundled_fewstep_steps
+from .library import DEFAULT_MODEL, choose_profile, default_size, describe_error, fewstep_steps_default, memory_plan, model_choices, profile_choices
 from .models import ModelCache
 from .request import (
     ADAPTERS_DEFAULT,
@@ -91,7 +92,7 @@ class GlanceApp:
             f.seed = gr.Number(0, label="Seed", precision=0, elem_id="seed")
         with gr.Accordion("Sampler and LoRAs", open=False, elem_id="sampler-settings"):
             with gr.Row():
-                f.sampler = gr.Radio(self.sampler_choices(None), value=next(iter(SAMPLERS)), label="Sampler", elem_id="sampler")
+                f.sampler = gr.Radio(self.sampler_choices(None, DEFAULT_MODEL), value=next(iter(SAMPLERS)), label="Sampler", elem_id="sampler")
                 f.base_steps = gr.Number(50, label="Base steps (base sampler, and the base side of Compare)", precision=0, elem_id="base-steps")
                 f.true_cfg_scale = gr.Textbox("", label="True CFG scale (empty: the model's default)", elem_id="cfg")
             with gr.Row():
@@ -104,9 +105,10 @@ class GlanceApp:
                 f.fast_file = gr.File(label="Fast-LoRA file (.safetensors)", file_types=[".safetensors"], type="filepath", elem_id="fast-file")
                 f.lora_compat = gr.Radio(["trained", "diffusers"], value="trained", label="LoRA compat", elem_id="lora-compat")
             with gr.Row():
-                f.fewstep_file = gr.File(label="Few-step LoRA file (e.g. Qwen-Image-Lightning .safetensors): enables the few-step sampler",
-                                         file_types=[".safetensors"], type="filepath", elem_id="fewstep-file")  # fmt: skip
-                f.fewstep_steps = gr.Number(8, label="Few-step steps (no guidance)", precision=0, elem_id="fewstep-steps")
+                f.fewstep_file = gr.File(label="Few-step LoRA file (e.g. Qwen-Image-Lightning .safetensors): enables the few-step sampler "
+                                         "(the pocket model ships its own distilled ones)", file_types=[".safetensors"], type="filepath",
+                                         elem_id="fewstep-file")  # fmt: skip
+                f.fewstep_steps = gr.Number(fewstep_steps_default(DEFAULT_MODEL), label="Few-step steps (no guidance)", precision=0, elem_id="fewstep-steps")
             f.image = gr.Image(label="Input image (Qwen-Image-Edit models only)", type="filepath", height=160, elem_id="edit-image")
         return f
 
@@ -141,8 +143,8 @@ class GlanceApp:
                     "Glance against the base model (*Base steps*), the comparison Glance is about; a few-step LoRA is "
                     "offered once its file is given (*Sampler and LoRAs*).")  # fmt: skip
         with gr.Row():
-            self.fields.compare_left = gr.Dropdown(self.sampler_choices(None), value=COMPARE_DEFAULT[0], label="Left", elem_id="cmp-left")
-            self.fields.compare_right = gr.Dropdown(self.sampler_choices(None), value=COMPARE_DEFAULT[1], label="Right", elem_id="cmp-right")
+            self.fields.compare_left = gr.Dropdown(self.sampler_choices(None, DEFAULT_MODEL), value=COMPARE_DEFAULT[0], label="Left", elem_id="cmp-left")
+            self.fields.compare_right = gr.Dropdown(self.sampler_choices(None, DEFAULT_MODEL), value=COMPARE_DEFAULT[1], label="Right", elem_id="cmp-right")
         o = self._run_controls("Compare", "compare", "cmp")
         with gr.Row():
             o.glance_image = self._picture("Left", "cmp-glance", 256)
@@ -189,8 +191,10 @@ class GlanceApp:
             box.stop.click(self._stopper(tab), None, None, queue=False)
         trn.sample.click(self.on_sample, None, [trn.image, trn.caption])
         f.model.change(lambda m: (default_size(m or ""),) * 2, f.model, [f.height, f.width], queue=False)
-        f.fewstep_file.change(self.on_fewstep_file, [f.fewstep_file, f.sampler, f.compare_left, f.compare_right],
-                              [f.sampler, f.compare_left, f.compare_right], queue=False)  # fmt: skip
+        fewstep_in, fewstep_out = [f.fewstep_file, f.model, f.sampler, f.compare_left, f.compare_right], [f.sampler, f.compare_left, f.compare_right]
+        f.fewstep_file.change(self.on_fewstep_file, fewstep_in, fewstep_out, queue=False)
+        f.model.change(self.on_fewstep_file, fewstep_in, fewstep_out, queue=False)
+        f.model.change(lambda m: fewstep_steps_default(m or ""), f.model, f.fewstep_steps, queue=False)
         page.load(self.on_load, None, [f.adapters, self.models_md], queue=False)
 
     # ---- shared steps ------------------------------------------------------------------------------------------
@@ -200,13 +204,15 @@ class GlanceApp:
                 ("none: the base weights only", ADAPTERS_NONE), ("uploaded files (right)", ADAPTERS_UPLOADED), *runs]  # fmt: skip
 
     @staticmethod
-    def sampler_choices(fewstep_file) -> list[str]:
-        """The samplers the page offers: the few-step one only once its LoRA file is given."""
-        return [label for label in SAMPLERS if label != FEWSTEP_SAMPLER or fewstep_file]
+    def sampler_choices(fewstep_file, model: str | None) -> list[str]:
+        """The samplers the page offers: the few-step one once its LoRA file is given, or for a model that ships one."""
+        offered = bool(fewstep_file) or bool(bundled_fewstep_steps((model or "").strip()))
+        return [label for label in SAMPLERS if label != FEWSTEP_SAMPLER or offered]
 
-    def on_fewstep_file(self, fewstep_file, sampler, left, right):
-        """A few-step LoRA given (or removed): offer its sampler everywhere, and Compare it against Glance."""
-        choices = self.sampler_choices(fewstep_file)
+    def on_fewstep_file(self, fewstep_file, model, sampler, left, right):
+        """A few-step LoRA given (or removed), or a model chosen: offer the few-step sampler where it can run, and
+        Compare a given file against Glance."""
+        choices = self.sampler_choices(fewstep_file, model)
 
         def keep(value, fallback):
             return value if value in choices else fallback

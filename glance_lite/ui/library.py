@@ -42,6 +42,14 @@ def default_size(model: str) -> int:
     return 128 if model.startswith("tiny/") else 1024
 
 
+def fewstep_steps_default(model: str) -> int:
+    """The few-step sampler's N: the most steps the model ships a distilled LoRA for, else Lightning's 8."""
+    from ..pocket import bundled_fewstep_steps
+
+    shipped = bundled_fewstep_steps(model.strip())
+    return max(shipped) if shipped else 8
+
+
 @dataclass(frozen=True)
 class ProfileChoice:
     profile: object  # glance_lite.profiles.Profile

@@ -13,7 +13,8 @@ from pathlib import Path
 from ..checks import check_size
 from ..schedule import PhaseSplit
 
-# Sampler choices on the page -> what they run (the few-step one needs its LoRA file: the page offers it once given).
+# Sampler choices on the page -> what they run (the few-step one needs its LoRA file: the page offers it once given,
+# or for a model that ships its own, `pocket.bundled_fewstep_lora`).
 SAMPLERS = {"Glance (slow + fast)": "glance", "Base model, N steps": "base", "Custom split and mode": "custom",
             "Few-step LoRA (file below), N steps": "fewstep"}  # fmt: skip
 FEWSTEP_SAMPLER = "Few-step LoRA (file below), N steps"
@@ -84,10 +85,10 @@ class GenerationRequest:
         check_size(height, width)
         sampler = _sampler(fields["sampler"])
         compare = (_sampler(fields.get("compare_left") or COMPARE_DEFAULT[0]), _sampler(fields.get("compare_right") or COMPARE_DEFAULT[1]))
+        fewstep_steps = _integer("few-step steps", fields.get("fewstep_steps") or 8, 1)
         fewstep = fields.get("fewstep_file") or None
         if "fewstep" in (sampler, *compare) and not fewstep:
-            raise ValueError("The few-step sampler runs a few-step LoRA: upload its .safetensors file (e.g. a Qwen-Image-Lightning "
-                             "file) under 'Few-step LoRA file'.")  # fmt: skip
+            fewstep = _bundled_fewstep(fields["model"], fewstep_steps)
         split = PhaseSplit.parse(fields["slow_steps"] or "", fields["fast_steps"] or "") if sampler == "custom" else None
         scale = _cfg_scale(fields["true_cfg_scale"])
         slow, fast, official = _adapters(fields, runs_folder)
@@ -99,7 +100,7 @@ class GenerationRequest:
             fields["profile"] or "auto", sampler, _integer("base steps", fields["base_steps"], 1), split,
             fields["mode"] if sampler == "custom" else "consistent", scale,
             slow, fast, official, fields["lora_compat"], fields["image"] or None,
-            fewstep, _integer("few-step steps", fields.get("fewstep_steps") or 8, 1), compare,
+            fewstep, fewstep_steps, compare,
         )  # fmt: skip
 
     def load_key(self, profile_name: str) -> tuple:
@@ -121,6 +122,18 @@ class GenerationRequest:
             true_cfg_scale=self.true_cfg_scale, mode=self.mode if custom else "consistent", split=self.split if custom else None,
             method=self.method(sampler), image=self.image,
         )  # fmt: skip
+
+
+def _bundled_fewstep(model: str, steps: int) -> str:
+    """The few-step LoRA the model ships for `steps` (the pocket model's distilled ones), else the sentence to show."""
+    from ..pocket import bundled_fewstep_lora, shipped_fewstep_note
+
+    model = (model or "").strip()
+    path = bundled_fewstep_lora(model, steps)
+    if path is not None:
+        return str(path)
+    raise ValueError("The few-step sampler runs a few-step LoRA: upload its .safetensors file (e.g. a Qwen-Image-Lightning file) "
+                     f"under 'Few-step LoRA file'{shipped_fewstep_note(model)}.")  # fmt: skip
 
 
 def _sampler(label: str) -> str:

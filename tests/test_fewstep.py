@@ -228,3 +228,19 @@ def test_the_pocket_model_samples_with_its_shipped_distilled_lora_when_none_is_g
     assert np.asarray(distilled[0]).tobytes() == np.asarray(Image.open(out).convert("RGB")).tobytes()
     ours, theirs = (np.mean([psnr(a, b) for a, b in zip(images, reference)]) for images in (distilled, base_4))
     assert ours > theirs + 1, f"PSNR to base-50: distilled 4 steps {ours:.2f} dB, base-4 {theirs:.2f} dB"
+
+
+def test_the_planner_prices_a_few_step_method_by_its_passes():
+    """One pass per step and no CFG batch: fewer forwards, batch 1, PCIe bytes for 8 forwards (the 12gb card streams)."""
+    from glance_lite.plan import plan
+
+    glance, lightning = plan("Qwen/Qwen-Image", "12gb", method="glance"), plan("Qwen/Qwen-Image", "12gb", method="lightning-8")
+    assert (glance.transformer_forwards, glance.batch) == (10, 2)  # batched CFG: 10 forwards of two
+    assert (lightning.transformer_forwards, lightning.batch) == (8, 1)
+    streaming = lightning.components["transformer"]
+    resident = set(lightning.resident_blocks["denoise"])
+    streamed = sum(b for i, b in enumerate(streaming.block_bytes) if i not in resident)
+    per_forward = streamed + 2 * streaming.outside_blocks_bytes  # streamed blocks in (pinned copies stay), the rest both ways
+    four = plan("Qwen/Qwen-Image", "12gb", method="lightning-4")
+    assert lightning.pcie.per_image - four.pcie.per_image == 4 * per_forward
+    assert lightning.stages["slow_phase"].activations["cuda:0"] < glance.stages["slow_phase"].activations["cuda:0"]

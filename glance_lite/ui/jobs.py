@@ -47,14 +47,18 @@ def label(loaded: LoadedModel, request: GenerationRequest, sampler: str) -> str:
     return "Glance" if {e["phase"] for e in loaded.loras} & {"slow", "fast"} else "Glance schedule, no LoRAs"
 
 
-def _render(cache: ModelCache, loaded: LoadedModel, request: GenerationRequest, job: Job, folder: Path, sampler: str) -> Rendered:
+def _file_prefix(job: Job) -> str:
+    """The start of the names of a job's PNGs: when, and which job."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{job.id:04d}"
+
+
+def _render(cache: ModelCache, loaded: LoadedModel, request: GenerationRequest, job: Job, folder: Path, sampler: str, prefix: str) -> Rendered:
     started = time.perf_counter()
     text = label(loaded, request, sampler)
     result = cache.generate(loaded, request, job, text, sampler)
     seconds = time.perf_counter() - started
     settings = result.settings[0]  # the library's own record, the same the CLI writes (generate --from-png reads it)
-    name = f"{time.strftime('%Y%m%d-%H%M%S')}-{job.id:04d}-{settings['method']}-seed{request.seed}.png"
-    path = save_png(result.image, folder / name, settings)
+    path = save_png(result.image, folder / f"{prefix}-{settings['method']}-seed{request.seed}.png", settings)
     return Rendered(text, path, result, settings, result.transformer_calls, seconds)
 
 
@@ -62,7 +66,7 @@ def generate_job(cache: ModelCache, request: GenerationRequest, profile, folder:
     """The worker's part of a Generate click: one image as the sampler field says."""
 
     def run(job: Job) -> Rendered:
-        return _render(cache, cache.get(request, profile), request, job, folder, request.sampler)
+        return _render(cache, cache.get(request, profile), request, job, folder, request.sampler, _file_prefix(job))
 
     return run
 
@@ -73,12 +77,17 @@ def compare_job(cache: ModelCache, request: GenerationRequest, profile, folder: 
     def run(job: Job) -> Comparison:
         from ..demo import psnr, side_by_side
 
-        loaded = cache.get(request, profile)
-        left, right = (_render(cache, loaded, request, job, folder, sampler) for sampler in request.compare)
+        loaded, prefix = cache.get(request, profile), _file_prefix(job)
+        # each side its own file, also when both run one method (Glance beside a custom split of it)
+        left, right = (_render(cache, loaded, request, job, folder, sampler, f"{prefix}-{side}")
+                       for sampler, side in zip(request.compare, ("left", "right")))  # fmt: skip
         distance = psnr(left.result.image, right.result.image)
         panels = [[(f"{r.label}\n{r.transformer_calls} transformer calls", r.result.image) for r in (left, right)]]
-        grid_path = right.path.with_name(f"{right.path.stem}-compare.png")
-        settings = {"panels": {r.settings["method"]: r.settings for r in (left, right)}, "psnr_db": distance}
+        methods = [r.settings["method"] for r in (left, right)]
+        if methods[0] == methods[1]:
+            methods = [f"{methods[0]} ({side})" for side in ("left", "right")]
+        settings = {"panels": dict(zip(methods, (left.settings, right.settings))), "psnr_db": distance}
+        grid_path = folder / f"{prefix}-compare-seed{request.seed}.png"
         return Comparison(left, right, distance, side_by_side(panels, grid_path, settings=settings))
 
     return run

@@ -89,7 +89,8 @@ class GenerationRequest:
         fewstep = fields.get("fewstep_file") or None
         if "fewstep" in (sampler, *compare) and not fewstep:
             fewstep = _bundled_fewstep(fields["model"], fewstep_steps)
-        split = PhaseSplit.parse(fields["slow_steps"] or "", fields["fast_steps"] or "") if sampler == "custom" else None
+        custom = "custom" in (sampler, *compare)  # the split and mode of whichever side runs the custom sampler
+        split = PhaseSplit.parse(fields["slow_steps"] or "", fields["fast_steps"] or "") if custom else None
         scale = _cfg_scale(fields["true_cfg_scale"])
         slow, fast, official = _adapters(fields, runs_folder)
         model = (fields["model"] or "").strip()
@@ -98,7 +99,7 @@ class GenerationRequest:
         return cls(
             prompt, fields["negative_prompt"] or " ", height, width, _integer("seed", fields["seed"], 0), model,
             fields["profile"] or "auto", sampler, _integer("base steps", fields["base_steps"], 1), split,
-            fields["mode"] if sampler == "custom" else "consistent", scale,
+            fields["mode"] if custom else "consistent", scale,
             slow, fast, official, fields["lora_compat"], fields["image"] or None,
             fewstep, fewstep_steps, compare,
         )  # fmt: skip

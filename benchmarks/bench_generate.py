@@ -120,6 +120,16 @@ def _check_args(args, parser) -> None:
         parser.error("--random-weights needs explicit --profile names (auto selection plans for a real checkpoint)")
     if not args.random_weights and (args.num_layers or args.prompt_tokens):
         parser.error("--num-layers and --prompt-tokens only apply with --random-weights")
+    if args.methods:
+        from glance_lite.methods import MethodError, parse_method
+
+        try:
+            fewstep = sorted({m.name for m in (parse_method(n.strip()) for n in args.methods.split(",") if n.strip()) if m.kind == "fewstep"})
+        except MethodError as exc:
+            parser.error(f"--methods: {exc}")
+        if len(fewstep) > 1 and not args.fewstep_lora:  # each preset / shipped LoRA is made for its own step count
+            parser.error(f"--methods {', '.join(fewstep)}: a run loads one few-step LoRA, made for one step count; "
+                         "benchmark them in separate runs, or give the one LoRA they share with --fewstep-lora")  # fmt: skip
 
 
 def _is_tiny(args) -> bool:

@@ -72,6 +72,17 @@ def test_methods_side_by_side_report_calls_times_pcie_and_psnr_to_base50_with_a_
     assert grid.read_bytes()[:8] == PNG_MAGIC
 
 
+def test_methods_that_each_need_their_own_few_step_lora_are_refused_in_one_run_before_loading(tmp_path):
+    """The loaded model holds one few-step LoRA: fewstep-4 beside fewstep-2 on the pocket model would run both with the
+    shipped 4-step file, so they are refused unless one LoRA is given for both."""
+    from glance_lite.cli import UsageError
+
+    argv = ["--model", "pocket/qwen-image", "--profile", "cpu", "--methods", "fewstep-4,fewstep-2", "--quiet", "--out", str(tmp_path)]
+    with pytest.raises(UsageError, match="--methods fewstep-2, fewstep-4: a run loads one few-step LoRA"):
+        bench("bench_generate").main(argv)
+    assert not list(tmp_path.iterdir())
+
+
 def test_results_get_a_dated_device_name_and_never_overwrite_each_other(tmp_path):
     common = bench("_common")
     stem = common.result_stem("generate", torch.device("cpu"), common.model_tag("tiny/qwen-image"))

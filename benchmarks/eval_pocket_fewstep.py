@@ -61,6 +61,8 @@ RECIPES = {
 }
 SWEEP_SEEDS = (100, 101, 102, 103)  # noise seeds of the training caption's sweep samples (not the evaluation's)
 DISTILL_STEPS = (4, 2)
+# The distillation recipe the shipped LoRAs were trained with (assets/pocket_qwen_image_fewstep/README.md).
+DISTILL_SETTINGS = {"resolution": SIZE}
 
 
 def steps_of(split: str) -> int:
@@ -91,17 +93,15 @@ def train_distilled(work: Path, steps: int, settings: dict | None = None):
     return train(MODEL, captions, work / "distill" / f"fewstep-{steps}", "distill", "cpu", config, progress=True)
 
 
-# The distillation recipe the shipped LoRAs were trained with (assets/pocket_qwen_image_fewstep/README.md).
-DISTILL_SETTINGS = {"resolution": SIZE}
-
-
 # ==== sampling and scoring ========================================================================================
-def sample(model, captions: list[str], seeds: int, **kwargs) -> tuple[list, float]:
-    """Images of every caption for `seeds` rounds (prompt i of round r: noise seed 1000 r + i), and the seconds."""
+def sample(model, captions: list[str], seeds: int, **kwargs) -> tuple[list, float, int]:
+    """Images of every caption for `seeds` rounds (prompt i of round r: noise seed 1000 r + i), the seconds, and the
+    transformer calls per image."""
     images, started = [], time.perf_counter()
     for r in range(seeds):
-        images += model.generate(captions, height=SIZE, width=SIZE, seed=1000 * r, progress=False, **kwargs).images
-    return images, time.perf_counter() - started
+        result = model.generate(captions, height=SIZE, width=SIZE, seed=1000 * r, progress=False, **kwargs)
+        images += result.images
+    return images, time.perf_counter() - started, result.transformer_calls
 
 
 def psnrs(images, reference) -> list[float]:
@@ -194,8 +194,7 @@ def evaluate(args, work: Path, best: dict, fewstep: dict[int, Path]) -> dict:
             model = glance_lite.load(MODEL, profile="cpu", height=SIZE, width=SIZE, method=m["kwargs"]["method"], fewstep_lora=m["lora"])
         else:
             model = plain
-        images[m["key"]], seconds = sample(model, captions, args.seeds, **m["kwargs"])
-        calls = model.generate(captions[0], height=SIZE, width=SIZE, seed=0, progress=False, output_type="latent", **m["kwargs"]).transformer_calls
+        images[m["key"]], seconds, calls = sample(model, captions, args.seeds, **m["kwargs"])
         values = psnrs(images[m["key"]], images["base50"]) if m["key"] != "base50" else None
         rows[m["key"]] = {
             **{k: v for k, v in m.items() if k != "kwargs"},

@@ -133,7 +133,8 @@ def estimate_seconds(job: Job, arch, device: torch.device, calibration: float) -
     else:
         lightning = 2 * FEWSTEP_STEPS * forward_flops(arch, job.size, arch.prompt_tokens, 1)
         flops = {"image": image_flops, "compare": image_flops / 2, "train": train_flops, "methods": image_flops + lightning}[job.kind]
-        pcie["methods"] = 2 * mp.pcie.per_image + 2 * _planned(arch, profile, job.size, device, method=f"fewstep-{FEWSTEP_STEPS}").pcie.per_image
+        if job.kind == "methods":  # Glance's traffic, then the few-step method's (one more plan)
+            pcie["methods"] = 2 * mp.pcie.per_image + 2 * _planned(arch, profile, job.size, device, method=f"fewstep-{FEWSTEP_STEPS}").pcie.per_image
         seconds = flops / rates[dtype] + pcie.get(job.kind, 0) / rates["pcie"] + build / rates["build"] + rates["fixed"]
     return seconds * calibration
 
@@ -174,12 +175,12 @@ def _uncap(device: torch.device) -> None:
 
 
 def _free() -> None:
+    from glance_lite.manager import empty_pinned_cache
+
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-        empty = getattr(torch._C, "_host_emptyCache", None)
-        if empty is not None:
-            empty()  # pinned copies of the last job's streamed blocks
+        empty_pinned_cache()  # pinned copies of the last job's streamed blocks
 
 
 def pinned_host_bytes() -> int | None:

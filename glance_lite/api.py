@@ -19,6 +19,7 @@ import torch
 
 from . import __version__, gpus
 from .checks import SIZE_MULTIPLE, check_prompts, check_size
+from .families import conditioning_to
 from .lora import LoraCompat, LoraReport, LoraSource, check_lora_fits, load_lora, read_lora_file
 from .manager import ComponentManager
 from .memory import StageRecord
@@ -224,8 +225,8 @@ class Glance:
         text = manager.text_components()
         text_device = manager.device_of(text[0]) if text else device  # the prompt is encoded where its encoder is
         with manager.stage("text_encode", text) as pipe:
-            conds = [_to(family.encode_prompt(pipe, p, text_device, condition), device, dtype) for p in prompts]
-            uncond = _to(family.encode_prompt(pipe, negative_prompt, text_device, condition), device, dtype) if scale > 1 else None
+            conds = [conditioning_to(family.encode_prompt(pipe, p, text_device, condition), device, dtype) for p in prompts]
+            uncond = conditioning_to(family.encode_prompt(pipe, negative_prompt, text_device, condition), device, dtype) if scale > 1 else None
 
         denoise_components = tuple(c for c in family.denoise_components if c in manager.components)
         latents, noise, settings, phase_seconds, switch_seconds = [], [], [], {}, {}
@@ -333,11 +334,6 @@ def file_entry(path) -> dict:
     from .data import file_digest
 
     return {"name": str(Path(path).resolve()), "sha256": file_digest(Path(path))}
-
-
-def _to(cond: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    """Conditioning on the transformer's device, its floating tensors in the transformer's compute dtype."""
-    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in cond.items()}
 
 
 def _official_loras(family, model: str) -> dict[str, LoraSource]:

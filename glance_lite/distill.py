@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .data import DatasetError, discover_samples
 from .errors import InputFileError, UserError, read_text_file
+from .families import conditioning_to
 from .train_config import DISTILL
 
 if TYPE_CHECKING:
@@ -169,8 +170,8 @@ def attach_teacher_points(run, cache) -> None:
         def record(step, latents):
             trajectory.append((step.sigma_next, latents.float().cpu()))
 
-        cond = _on(e.cond, device, run.dtype)
-        uncond = _on(e.empty_cond, device, run.dtype) if cfg.teacher_cfg > 1 else None  # scale 1: no guidance, one pass
+        cond = conditioning_to(e.cond, device, run.dtype)
+        uncond = conditioning_to(e.empty_cond, device, run.dtype) if cfg.teacher_cfg > 1 else None  # scale 1: no guidance, one pass
         sample(run.transformer, family, teacher, state, cond, uncond, cfg.teacher_cfg, {"base": None},
                batch_cfg=batch_cfg, progress=False, on_step=record)  # fmt: skip
         points = torch.stack([interpolate(trajectory, s) for s in keep]).squeeze(1)
@@ -198,10 +199,6 @@ def interpolate(trajectory: list[tuple[float, torch.Tensor]], sigma: float) -> t
             w = 0.0 if s0 == s1 else (s0 - sigma) / (s0 - s1)
             return x0 + w * (x1 - x0)
     raise ValueError(f"sigma {sigma} lies outside the teacher's trajectory ({trajectory[0][0]} .. {trajectory[-1][0]}).")
-
-
-def _on(cond: dict, device, dtype) -> dict:
-    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in cond.items()}
 
 
 # ==== what one step trains on ======================================================================================
@@ -233,7 +230,7 @@ class DistillSampler:
         step = self.steps[k]
         x, x_next = example.points[k : k + 2].to(self.device)
         target = (x_next - x) / (step.sigma_next - step.sigma)
-        cond = _on(example.cond, self.device, self.dtype)
+        cond = conditioning_to(example.cond, self.device, self.dtype)
         return Draw(example, step.timestep, x.unsqueeze(0), target.unsqueeze(0), cond)
 
     def get_state(self):

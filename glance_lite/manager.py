@@ -63,7 +63,7 @@ def attention_backend(profile) -> str:
     return backend
 
 
-def _empty_pinned_cache() -> None:
+def empty_pinned_cache() -> None:
     """Give RAM back: torch's pinned-memory allocator keeps the blocks of freed pinned tensors (a streamed component's
     copies) cached for reuse until asked to release them."""
     empty = getattr(torch._C, "_host_emptyCache", None)
@@ -259,7 +259,7 @@ class ComponentManager:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-            _empty_pinned_cache()
+            empty_pinned_cache()
         return ref
 
     @contextmanager

@@ -61,6 +61,7 @@ from .data import (
     validate_dataset,
 )
 from .errors import UserError
+from .families import conditioning_to
 from .loss_log import LossLog, plot_loss_curve, read_loss_csv
 from .models import family_of
 from .train_config import DISTILL, PHASES, RUN_KEYS, ConfigFile, TrainConfig, load_config_file, parse_set_options, read_config_file
@@ -477,9 +478,10 @@ def _start_run(model, family, cfg, samples, output, profile, progress, verbose, 
             digest = _data_digest(samples)
     run = Run(model, cfg, family, resolved, accelerator, manager, output, examples, fingerprint, digest, progress, verbose)
     run.cache = cache
+    student = distill_timesteps(run) if DISTILL in phases else None  # one schedule: every caption at one size
     for example in examples:
-        if DISTILL in phases:
-            example.timesteps = {DISTILL: distill_timesteps(run)}
+        if student is not None:
+            example.timesteps = {DISTILL: student}
         else:
             example.timesteps = {p: phase_timesteps(run, p, example.height, example.width) for p in PHASES}
     with accelerator.main_process_first():  # the main process sets unreadable checkpoints aside, the others see that
@@ -588,9 +590,6 @@ def encode_examples(manager, family, samples, cfg, cache: EmbeddingCache, run_dt
                 cache.put(key, found[key])
     manager.evict("vae")
 
-    def on_device(tensors, dtype):
-        return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in tensors.items()}
-
     examples = []
     for sp in specs:
         condition = None
@@ -601,7 +600,7 @@ def encode_examples(manager, family, samples, cfg, cache: EmbeddingCache, run_dt
         examples.append(TrainingExample(
             s.caption, s.image_path, s.control_path, *sp["size"],
             latents=found[sp["latents"]]["latents"].to(device, torch.float32),
-            cond=on_device(found[sp["text"]], run_dtype), empty_cond=on_device(found[sp["empty"]], run_dtype), condition=condition,
+            cond=conditioning_to(found[sp["text"]], device, run_dtype), empty_cond=conditioning_to(found[sp["empty"]], device, run_dtype), condition=condition,
         ))  # fmt: skip
     return examples
 
@@ -626,8 +625,7 @@ def encode_texts(manager, family, cache: EmbeddingCache, captions: list[str], ru
     keys = {caption: cache.key("text", caption) for caption in captions}
     found = {key: entry for key in keys.values() if (entry := cache.get(key)) is not None}
     _encode_text_jobs(manager, family, cache, {key: (caption, None) for caption, key in keys.items() if key not in found}, found)
-    return {caption: {k: v.to("cpu", run_dtype) if v.is_floating_point() else v.cpu() for k, v in found[key].items()}
-            for caption, key in keys.items()}  # fmt: skip
+    return {caption: conditioning_to(found[key], "cpu", run_dtype) for caption, key in keys.items()}
 
 
 def distill_timesteps(run: Run) -> list[float]:

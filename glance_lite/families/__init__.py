@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Conditioning, LatentState, ModelFamily, TrainingRecipe
+from .base import Conditioning, LatentState, ModelFamily, TrainingRecipe, conditioning_to
 from .flux import FluxFamily
 from .qwen_image import QwenImageFamily
 from .qwen_image_edit import QwenImageEditFamily
@@ -39,6 +39,7 @@ __all__ = [
     "QwenImageEditFamily",
     "QwenImageFamily",
     "TrainingRecipe",
+    "conditioning_to",
     "family_by_name",
     "family_for_pipeline_class",
 ]

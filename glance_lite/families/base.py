@@ -22,6 +22,12 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: a dataset check n
 Conditioning = dict[str, "torch.Tensor"]
 
 
+def conditioning_to(cond: Conditioning, device, dtype) -> Conditioning:
+    """`cond` on `device`, its floating tensors in `dtype` (the one the transformer computes in); masks and ids keep
+    their integer or bool dtype."""
+    return {k: v.to(device, dtype) if v.is_floating_point() else v.to(device) for k, v in cond.items()}
+
+
 @dataclass(frozen=True)
 class TrainingRecipe:
     """The reference training defaults of a family (reference notes §4); a config file may override any field."""

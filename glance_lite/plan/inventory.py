@@ -26,11 +26,15 @@ class Layer:
     kind: str  # linear | conv2d | other
     weight_shape: tuple[int, ...] | None
     weight_numel: int
-    other_numel: int  # bias, norm weights, embeddings, non-quantizable convs
-    other_numels: tuple[int, ...]  # the same, one entry per tensor (each is its own pinned allocation)
+    other_numels: tuple[int, ...]  # bias, norm weights, embeddings, non-quantizable convs: one entry per tensor
     block: int | None  # index into Inventory.blocks when the layer lives in a repeated block
     keep_fp32: bool  # listed in the class's _keep_in_fp32_modules (kept in fp32 when loading in fp16)
     bnb_skip: bool  # transformers keeps it unquantized under bitsandbytes (output embeddings, tied weights)
+
+    @property
+    def other_numel(self) -> int:
+        """Elements outside the quantizable weight (each tensor of `other_numels` is its own pinned allocation)."""
+        return sum(self.other_numels)
 
     @property
     def numel(self) -> int:
@@ -123,7 +127,6 @@ def _inventory(name: str, library: str, class_name: str, config_json: str) -> In
                 kind=kind if weight is not None else "other",
                 weight_shape=tuple(weight.shape) if weight is not None else None,
                 weight_numel=weight_numel,
-                other_numel=sum(p.numel() for p in params) - weight_numel,
                 other_numels=tuple(p.numel() for p in params if p is not weight),
                 block=block_index.get(owner) if owner else None,
                 keep_fp32=_matches(module_name, keep_fp32),

@@ -45,9 +45,10 @@ def default_size(model: str) -> int:
 def fewstep_steps_default(model: str) -> int:
     """The few-step sampler's N: the most steps the model ships a distilled LoRA for, else Lightning's 8."""
     from ..pocket import bundled_fewstep_steps
+    from .request import FEWSTEP_STEPS_DEFAULT
 
     shipped = bundled_fewstep_steps(model.strip())
-    return max(shipped) if shipped else 8
+    return max(shipped) if shipped else FEWSTEP_STEPS_DEFAULT
 
 
 @dataclass(frozen=True)

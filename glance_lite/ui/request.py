@@ -15,11 +15,11 @@ from ..schedule import PhaseSplit
 
 # Sampler choices on the page -> what they run (the few-step one needs its LoRA file: the page offers it once given,
 # or for a model that ships its own, `pocket.bundled_fewstep_lora`).
-SAMPLERS = {"Glance (slow + fast)": "glance", "Base model, N steps": "base", "Custom split and mode": "custom",
-            "Few-step LoRA (file below), N steps": "fewstep"}  # fmt: skip
-FEWSTEP_SAMPLER = "Few-step LoRA (file below), N steps"
+GLANCE_SAMPLER, BASE_SAMPLER, FEWSTEP_SAMPLER = "Glance (slow + fast)", "Base model, N steps", "Few-step LoRA (file below), N steps"
+SAMPLERS = {GLANCE_SAMPLER: "glance", BASE_SAMPLER: "base", "Custom split and mode": "custom", FEWSTEP_SAMPLER: "fewstep"}
 # Compare's default: Glance against the base model, the comparison the method is about.
-COMPARE_DEFAULT = ("Glance (slow + fast)", "Base model, N steps")
+COMPARE_DEFAULT = (GLANCE_SAMPLER, BASE_SAMPLER)
+FEWSTEP_STEPS_DEFAULT = 8  # Qwen-Image-Lightning's; a model that ships its own few-step LoRAs says its own (library)
 # LoRA choices: the defaults of `load()` (the official Glance LoRAs for an official base), none, uploaded files,
 # or a run trained on the Train tab (RUN_PREFIX + its name).
 ADAPTERS_DEFAULT, ADAPTERS_NONE, ADAPTERS_UPLOADED, RUN_PREFIX = "default", "none", "uploaded", "run:"
@@ -72,7 +72,7 @@ class GenerationRequest:
     lora_compat: str
     image: str | None  # input image of edit models
     fewstep_lora: str | None = None  # the few-step LoRA file (Qwen-Image-Lightning or one trained like it)
-    fewstep_steps: int = 8
+    fewstep_steps: int = FEWSTEP_STEPS_DEFAULT
     compare: tuple[str, str] = ("glance", "base")  # the two samplers Compare renders, left and right
 
     @classmethod
@@ -85,7 +85,7 @@ class GenerationRequest:
         check_size(height, width)
         sampler = _sampler(fields["sampler"])
         compare = (_sampler(fields.get("compare_left") or COMPARE_DEFAULT[0]), _sampler(fields.get("compare_right") or COMPARE_DEFAULT[1]))
-        fewstep_steps = _integer("few-step steps", fields.get("fewstep_steps") or 8, 1)
+        fewstep_steps = _integer("few-step steps", fields.get("fewstep_steps") or FEWSTEP_STEPS_DEFAULT, 1)
         fewstep = fields.get("fewstep_file") or None
         if "fewstep" in (sampler, *compare) and not fewstep:
             fewstep = _bundled_fewstep(fields["model"], fewstep_steps)
